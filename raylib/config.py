@@ -1,0 +1,123 @@
+"""Typed job configs loaded from YAML, with one-line errors that name the file, the key and the fix."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BUNDLED_MODEL = "bundled"
+
+
+class ConfigError(Exception):
+    """A bad config or input path, reported to the user as one line (exit code 2)."""
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EmbedderConfig(Strict):
+    """How to open an encoder and turn its hidden states into embeddings."""
+
+    path: str = Field(BUNDLED_MODEL, description="model directory, or 'bundled' for all-MiniLM-L6-v2")
+    pooling: Literal["mean", "cls", "last"] | None = None  # None: from the model's own config, else mean
+    normalize: bool | None = None  # None: from the model's own config, else True
+    max_length: int | None = Field(None, gt=0)  # None: from the model's own config
+    dimensions: int | None = Field(None, gt=0)  # Matryoshka truncation (re-normalised)
+    query_prefix: str | None = None  # None: the model's own "query" prompt, if any
+    document_prefix: str | None = None
+    trust_remote_code: bool = False
+
+
+class InputConfig(Strict):
+    path: str  # a file or a directory, local or any pyarrow URI (s3://, gs://)
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    id_column: str = "id"
+    text_column: str = "text"
+    rows_per_piece: int = Field(8192, gt=0)  # parquet: whole row groups up to this many rows
+    bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges split at line ends
+
+
+class OutputConfig(Strict):
+    path: str
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class ComputeConfig(Strict):
+    actors: int = Field(2, gt=0)  # model replicas
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    tokenizer_cpus: float = Field(0.5, gt=0)  # per tokenising task
+    batch_tokens: int = Field(16384, gt=0)  # padded tokens per forward pass
+
+
+class EmbedJobConfig(Strict):
+    input: InputConfig
+    model: EmbedderConfig = EmbedderConfig()
+    input_type: Literal["query", "document"] = "document"
+    output: OutputConfig
+    compute: ComputeConfig = ComputeConfig()
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+def _describe(error: dict, schema: type[BaseModel]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key; remove it or fix its spelling ({_allowed_keys(schema, error['loc'])})"
+    if kind == "missing":
+        return f"{key}: required key is missing; add it"
+    return f"{key}: {error['msg']} (got {error.get('input')!r}); fix the value"
+
+
+def _allowed_keys(schema: type[BaseModel], loc: tuple) -> str:
+    section = schema
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "see the example configs in jobs/configs"
+        section = annotation
+    return "allowed: " + ", ".join(section.model_fields)
+
+
+def load_config(path: str | Path, schema: type[Schema]) -> Schema:
+    """Read a YAML file into `schema`, raising ConfigError with file, key and fix on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file with --config")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys (allowed: {', '.join(schema.model_fields)})")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc.errors()[0], schema)}") from None
+
+
+def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None) -> int:
+    """Entrypoint shared by the jobs: parse --config, load it, run, and turn ConfigError into exit code 2."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, schema)
+        run(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    return 0
