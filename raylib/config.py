@@ -52,10 +52,12 @@ class OutputConfig(Strict):
 
 class ComputeConfig(Strict):
     actors: int = Field(2, gt=0)  # model replicas
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0)  # Ray's logical CPUs, for scheduling
+    threads_per_actor: int | None = Field(None, gt=0)  # torch intra-op threads; None: cpus_per_actor rounded up
     gpus_per_actor: float = Field(0.0, ge=0)
-    tokenizer_cpus: float = Field(0.5, gt=0)  # per tokenising task
-    batch_tokens: int = Field(16384, gt=0)  # padded tokens per forward pass
+    tokenizer_cpus: float = Field(0.25, gt=0)  # per tokenising task
+    writer_cpus: float = Field(0.25, gt=0)  # per writing task
+    batch_tokens: int = Field(2048, gt=0)  # padded tokens per forward pass (CPU: ~2048, GPU: ~65536)
 
 
 class EmbedJobConfig(Strict):

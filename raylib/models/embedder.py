@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,59 +69,96 @@ def _sentence_transformers_defaults(directory: Path) -> dict:
     return found
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to embed with a model directory: the config's choices over the directory's own."""
+
+    directory: Path
+    pooling: str
+    normalize: bool
+    max_length: int
+    hidden_size: int
+    dimensions: int
+    prefixes: dict[str, str]
+    trust_remote_code: bool
+
+
+def resolve_spec(config: EmbedderConfig) -> ModelSpec:
+    """Check the model directory and settle pooling, normalisation, length, dimensions and prefixes.
+
+    Cheap (reads JSON files only), so jobs call it before starting any Ray work.
+    """
+    directory = resolve_model_path(config.path)
+    declared = _sentence_transformers_defaults(directory)
+    try:
+        model_config = AutoConfig.from_pretrained(directory, trust_remote_code=config.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.path: {config.path} has no usable config.json ({exc}); give a model directory")
+    hidden_size = int(model_config.hidden_size)
+    if config.dimensions and config.dimensions > hidden_size:
+        raise ConfigError(
+            f"model.dimensions: {config.dimensions} is larger than the model's {hidden_size}; use at most {hidden_size}"
+        )
+    positions = getattr(model_config, "max_position_embeddings", None) or 512
+    prompts = declared["prompts"]
+    return ModelSpec(
+        directory=directory,
+        pooling=config.pooling or declared.get("pooling", "mean"),
+        normalize=config.normalize if config.normalize is not None else declared.get("normalize", True),
+        max_length=min(config.max_length or declared.get("max_length", positions), positions),
+        hidden_size=hidden_size,
+        dimensions=config.dimensions or hidden_size,
+        prefixes={
+            "query": config.query_prefix if config.query_prefix is not None else prompts.get("query", ""),
+            "document": config.document_prefix if config.document_prefix is not None else prompts.get("document", ""),
+        },
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+class PromptTokenizer:
+    """The model's tokenizer with the input type's prefix and truncation to the model's max length."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def __call__(self, texts: Sequence[str], input_type: str = "document") -> list[list[int]]:
+        """Token ids of each text with the input type's prefix, truncated to max_length."""
+        prefix = self.spec.prefixes[input_type]
+        encoded = self.tokenizer(
+            [prefix + text for text in texts], truncation=True, max_length=self.spec.max_length
+        )
+        return encoded["input_ids"]
+
+
 class Embedder:
     """Turns texts (or token ids) into embedding vectors with one encoder on one device."""
 
-    def __init__(self, config: EmbedderConfig, device: str = "cpu"):
-        directory = resolve_model_path(config.path)
-        declared = _sentence_transformers_defaults(directory)
-        self.directory = directory
+    def __init__(self, config: EmbedderConfig | ModelSpec, device: str = "cpu"):
+        spec = config if isinstance(config, ModelSpec) else resolve_spec(config)
+        self.spec = spec
+        self.dimensions = spec.dimensions
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=config.trust_remote_code)
-        model_config = AutoConfig.from_pretrained(directory, trust_remote_code=config.trust_remote_code)
+        self.tokenize = PromptTokenizer(spec)
         self.model = AutoModel.from_pretrained(
-            directory, config=model_config, use_safetensors=True, trust_remote_code=config.trust_remote_code
+            spec.directory, use_safetensors=True, trust_remote_code=spec.trust_remote_code
         ).to(self.device).eval()
-        self.pooling = config.pooling or declared.get("pooling", "mean")
-        self.normalize = config.normalize if config.normalize is not None else declared.get("normalize", True)
-        positions = getattr(model_config, "max_position_embeddings", None) or 512
-        self.max_length = min(config.max_length or declared.get("max_length", positions), positions)
-        self.hidden_size = int(model_config.hidden_size)
-        if config.dimensions and config.dimensions > self.hidden_size:
-            raise ConfigError(
-                f"model.dimensions: {config.dimensions} is larger than the model's {self.hidden_size}; "
-                f"use at most {self.hidden_size}"
-            )
-        self.dimensions = config.dimensions or self.hidden_size
-        self.prefixes = {
-            "query": config.query_prefix if config.query_prefix is not None else declared["prompts"].get("query", ""),
-            "document": config.document_prefix
-            if config.document_prefix is not None
-            else declared["prompts"].get("document", ""),
-        }
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-    def tokenize(self, texts: Sequence[str], input_type: str = "document") -> list[list[int]]:
-        """Token ids of each text with the input type's prefix, truncated to max_length."""
-        prefix = self.prefixes[input_type]
-        encoded = self.tokenizer(
-            [prefix + text for text in texts], truncation=True, max_length=self.max_length, add_special_tokens=True
-        )
-        return encoded["input_ids"]
 
     @torch.inference_mode()
     def embed_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed one batch of token id sequences (padded here to the longest) as float32 (rows, dimensions)."""
         longest = max(len(ids) for ids in token_ids)
-        input_ids = torch.full((len(token_ids), longest), self.pad_id, dtype=torch.long)
+        input_ids = torch.full((len(token_ids), longest), self.tokenize.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
         for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            input_ids[row, : len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
             attention_mask[row, : len(ids)] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        vectors = pool(hidden, attention_mask, self.pooling)[:, : self.dimensions]
-        if self.normalize:
+        vectors = pool(hidden, attention_mask, self.spec.pooling)[:, : self.dimensions]
+        if self.spec.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors.float().cpu().numpy()
 

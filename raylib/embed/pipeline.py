@@ -1,0 +1,211 @@
+"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writing tasks.
+
+Each input piece travels whole through the stages (one block), so the writer can commit it atomically:
+vectors, bad rows, then its manifest entry. A re-run skips committed pieces, which makes the output hold
+every valid input id exactly once, whatever killed the previous run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import torch
+
+from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig, InputConfig
+from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
+from raylib.embed.store import OutputStore
+from raylib.models.embedder import Embedder, PromptTokenizer, resolve_spec
+from raylib.runtime import init_ray
+
+TOKENS = "input_ids"
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(model_json: str) -> PromptTokenizer:
+    return PromptTokenizer(resolve_spec(EmbedderConfig.model_validate_json(model_json)))
+
+
+def tokenize_piece(batch: pa.Table, input_config: dict, model_json: str, input_type: str, output_uri: str) -> pa.Table:
+    """Read one piece, check its rows and tokenise the good ones (bad rows keep null token ids).
+
+    A piece without rows (a jsonl range inside one long line) has nothing to embed and is committed here.
+    """
+    (fields,) = batch.to_pylist()
+    piece = Piece(**fields)
+    table = read_piece(piece, InputConfig.model_validate(input_config))
+    if len(table) == 0:
+        OutputStore(output_uri).commit_piece(piece.key, None, [], {"rows": 0, "errors": 0, "tokens": 0})
+    texts = table.column("text").to_pylist()
+    good = [row for row, error in enumerate(table.column("_error").to_pylist()) if error is None]
+    token_ids: list = [None] * len(texts)
+    for row, ids in zip(good, _tokenizer(model_json)([texts[row] for row in good], input_type)):
+        token_ids[row] = ids
+    return (
+        table.drop_columns(["text"])
+        .append_column(TOKENS, pa.array(token_ids, pa.list_(pa.int32())))
+        .append_column("_piece", pa.array([piece.key] * len(texts), pa.string()))
+        .append_column("_piece_rows", pa.array([len(texts)] * len(texts), pa.int64()))
+    )
+
+
+class EmbedActor:
+    """A model replica: embeds the token ids of whole pieces in token-budget batches."""
+
+    def __init__(self, model_json: str, batch_tokens: int, threads: int, device: str):
+        torch.set_num_threads(threads)
+        self.embedder = Embedder(EmbedderConfig.model_validate_json(model_json), device=device)
+        self.batch_tokens = batch_tokens
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        column = table.column(TOKENS).combine_chunks()
+        offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
+        lengths = np.diff(offsets)
+        valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+        vectors = np.zeros((len(table), self.embedder.dimensions), dtype=np.float32)
+        if len(valid):
+            sequences = [values[offsets[row] : offsets[row + 1]] for row in valid]
+            vectors[valid] = self.embedder.embed_tokens(sequences, self.batch_tokens)
+        embedding = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), self.embedder.dimensions)
+        return table.drop_columns([TOKENS]).append_column("embedding", embedding).append_column("_tokens", pa.array(lengths, pa.int64()))
+
+
+def write_pieces(table: pa.Table, output_uri: str, id_column: str, dtype: str) -> pa.Table:
+    """Commit every piece in the block; returns one row of counts per piece."""
+    store = OutputStore(output_uri)
+    committed = []
+    for key in pc.unique(table.column("_piece")).to_pylist():
+        part = table.filter(pc.equal(table.column("_piece"), key))
+        expected = part.column("_piece_rows")[0].as_py()
+        if len(part) != expected:
+            raise RuntimeError(f"piece {key} reached the writer split ({len(part)} of {expected} rows)")
+        good = pc.is_null(part.column("_error"))
+        kept, bad = part.filter(good), part.filter(pc.invert(good))
+        embedding = kept.column("embedding")
+        if dtype == "float16":
+            embedding = embedding.cast(pa.list_(pa.float16(), embedding.type.list_size))
+        vectors = pa.table({id_column: kept.column("id"), "embedding": embedding})
+        errors = [
+            {"id": row["id"], "where": row["_where"], "error": row["_error"]}
+            for row in bad.select(["id", "_where", "_error"]).to_pylist()
+        ]
+        stats = {"rows": len(kept), "errors": len(errors), "tokens": int(pc.sum(kept.column("_tokens")).as_py() or 0)}
+        store.commit_piece(key, vectors, errors, stats)
+        committed.append({"piece": key, **stats})
+    return pa.Table.from_pylist(committed, schema=pa.schema(
+        [("piece", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("tokens", pa.int64())]
+    ))
+
+
+@dataclass
+class EmbedSummary:
+    rows: int
+    errors: int
+    tokens: int
+    pieces: int
+    skipped_pieces: int
+    seconds: float
+    output: str
+
+    def line(self) -> str:
+        rate = self.seconds or 1e-9
+        return (
+            f"embedded rows={self.rows} errors={self.errors} pieces={self.pieces} skipped={self.skipped_pieces} "
+            f"seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} tokens/s={self.tokens / rate:.0f} "
+            f"output={self.output}"
+        )
+
+
+def _settings(config: EmbedJobConfig) -> dict:
+    """What the vectors depend on: a re-run into the same output must not change any of it."""
+    keep = ("path", "format", "id_column", "text_column", "rows_per_piece", "bytes_per_piece")
+    return {
+        **{f"input.{key}": getattr(config.input, key) for key in keep},
+        **{f"model.{key}": value for key, value in config.model.model_dump().items()},
+        "input_type": config.input_type,
+        "output.dtype": config.output.dtype,
+    }
+
+
+def _check_resources(config: EmbedJobConfig) -> None:
+    """On embedded Ray, fail early when the stages cannot all be scheduled on this machine."""
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a cluster may autoscale to fit
+    compute = config.compute
+    needed = compute.actors * compute.cpus_per_actor + compute.tokenizer_cpus + compute.writer_cpus
+    available = ray.cluster_resources().get("CPU", 0)
+    if needed > available:
+        raise ConfigError(
+            f"compute: actors x cpus_per_actor + tokenizer_cpus + writer_cpus = {needed:g} CPUs, but local Ray has "
+            f"{available:g}; lower compute.actors or compute.cpus_per_actor"
+        )
+
+
+def run_embed(config: EmbedJobConfig) -> EmbedSummary:
+    """Embed every piece of the input not yet in the output's manifest; returns the run's counts."""
+    started = time.perf_counter()
+    fs, files = list_input_files(config.input)
+    pieces = plan_pieces(fs, files, config.input)
+    resolve_spec(config.model)  # a bad model directory fails here, before any Ray work
+    store = OutputStore(config.output.path)
+    store.claim(_settings(config))
+    finished = store.finished()
+    todo = [piece for piece in pieces if piece.key not in finished]
+
+    init_ray()
+    _check_resources(config)
+    totals = {"rows": 0, "errors": 0, "tokens": 0}
+    if todo:
+        compute, model_json = config.compute, config.model.model_dump_json()
+        dataset = (
+            ray.data.from_items([piece.to_dict() for piece in todo], override_num_blocks=len(todo))
+            .map_batches(
+                tokenize_piece,
+                batch_size=1,
+                batch_format="pyarrow",
+                fn_kwargs={"input_config": config.input.model_dump(), "model_json": model_json,
+                           "input_type": config.input_type, "output_uri": config.output.path},
+                num_cpus=compute.tokenizer_cpus,
+            )
+            .map_batches(
+                EmbedActor,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_constructor_kwargs={
+                    "model_json": model_json,
+                    "batch_tokens": compute.batch_tokens,
+                    "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
+                    "device": "cuda" if compute.gpus_per_actor > 0 else "cpu",
+                },
+                compute=ray.data.ActorPoolStrategy(size=compute.actors),
+                num_cpus=compute.cpus_per_actor,
+                num_gpus=compute.gpus_per_actor,
+            )
+            .map_batches(
+                write_pieces,
+                batch_size=None,
+                batch_format="pyarrow",
+                fn_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
+                           "dtype": config.output.dtype},
+                num_cpus=compute.writer_cpus,
+            )
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for key in totals:
+                totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
+
+    missing = {piece.key for piece in pieces} - set(store.finished())
+    if missing:
+        raise RuntimeError(f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job")
+    return EmbedSummary(
+        rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(pieces),
+        skipped_pieces=len(pieces) - len(todo), seconds=time.perf_counter() - started,
+        output=store.uri,
+    )

@@ -1,0 +1,18 @@
+"""Where jobs run: the cluster named by RAY_ADDRESS (as under `ray job submit`), else an embedded local Ray."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+
+def init_ray(**local_options) -> None:
+    """Connect to RAY_ADDRESS when set, else start embedded Ray with `local_options`; no-op when connected."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(**local_options)
