@@ -1,0 +1,37 @@
+"""Shared fixtures: one local Ray for the whole session, the sample corpus, the bundled model."""
+
+import json
+import os
+
+import pytest
+import ray
+
+from raylib.config import EmbedderConfig
+from raylib.data.sample_corpus import sample_documents
+from raylib.models.embedder import Embedder
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with 2 CPUs; yields its address so subprocess drivers can join it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def documents() -> list[dict]:
+    """600 real documents {id, text} of mixed length."""
+    return sample_documents(600)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    return Embedder(EmbedderConfig())
+
+
+def write_jsonl(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -1,0 +1,80 @@
+"""The Embedder against sentence-transformers and against its own definitions (prefixes, pooling, Matryoshka)."""
+
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from raylib.config import ConfigError, EmbedderConfig
+from raylib.models.batching import token_budget_batches
+from raylib.models.embedder import Embedder, resolve_spec
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_matches_sentence_transformers(embedder, documents):
+    texts = [doc["text"] for doc in documents[:96]] + ["word " * 600]  # the last one is truncated at 256 tokens
+    ours = embedder.encode(texts)
+    reference = SentenceTransformer(str(embedder.spec.directory), device="cpu").encode(texts, batch_size=16)
+    assert ours.shape == reference.shape == (len(texts), 384)
+    assert cosine(ours, reference).min() >= 0.9999
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_reads_the_model_directory_settings(embedder):
+    spec = embedder.spec
+    assert (spec.pooling, spec.normalize, spec.max_length, spec.dimensions) == ("mean", True, 256, 384)
+
+
+def test_prefix_is_prepended_per_input_type(documents):
+    prefixed = Embedder(EmbedderConfig(query_prefix="search_query: ", document_prefix="search_document: "))
+    text = documents[0]["text"]
+    plain = Embedder(EmbedderConfig())
+    assert np.allclose(prefixed.encode([text], "query"), plain.encode(["search_query: " + text]), atol=1e-6)
+    assert np.allclose(prefixed.encode([text], "document"), plain.encode(["search_document: " + text]), atol=1e-6)
+    assert not np.allclose(prefixed.encode([text], "query"), prefixed.encode([text], "document"), atol=1e-3)
+
+
+def test_matryoshka_truncates_and_renormalises(embedder, documents):
+    texts = [doc["text"] for doc in documents[:8]]
+    small = Embedder(EmbedderConfig(dimensions=128)).encode(texts)
+    full = embedder.encode(texts)
+    assert small.shape == (8, 128)
+    expected = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
+    assert np.allclose(small, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "last"])
+def test_pooling_modes_pick_the_right_token(pooling, documents):
+    model = Embedder(EmbedderConfig(pooling=pooling, normalize=False))
+    texts = [documents[1]["text"], "short text"]
+    vectors = model.encode(texts)
+    for row, text in enumerate(texts):
+        ids = torch.tensor([model.tokenize([text])[0]])
+        with torch.inference_mode():
+            hidden = model.model(input_ids=ids).last_hidden_state[0]
+        expected = hidden[0] if pooling == "cls" else hidden[-1]
+        assert np.allclose(vectors[row], expected.numpy(), atol=1e-4)
+
+
+def test_only_safetensors_weights_are_loaded(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ConfigError, match="model.path: .* no safetensors weights"):
+        resolve_spec(EmbedderConfig(path=str(tmp_path)))
+
+
+def test_dimensions_larger_than_the_model_are_refused():
+    with pytest.raises(ConfigError, match="model.dimensions: 1000 is larger than the model's 384"):
+        resolve_spec(EmbedderConfig(dimensions=1000))
+
+
+def test_token_budget_batches_bound_padding():
+    lengths = [5, 300, 12, 12, 80, 7, 300, 1]
+    batches = token_budget_batches(lengths, batch_tokens=600)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[i] for i in batch) <= 600 or len(batch) == 1
+    assert [lengths[i] for i in batches[0]] == [300, 300]
