@@ -118,8 +118,12 @@ def job_main(description: str, schema: type[Schema], run, argv: list[str] | None
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, schema)
-        run(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(config)
+    except ConfigError as exc:  # a value that is well-typed but wrong: a missing path, column or model file
+        print(f"config error: {args.config}: {exc}", file=sys.stderr)
         return 2
     return 0
