@@ -1,0 +1,91 @@
+"""The embed job through `ray job submit --working-dir .` against a `ray start --head` cluster of its own."""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.dataset as pads
+import pytest
+
+from tests.conftest import write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def head_node():
+    """A head node on 127.0.0.1 with its own temp dir and ports; yields the dashboard address."""
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dashboard = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the job's `python` is this environment's
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))  # the cluster's own token
+    command = [
+        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+        "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}", "--disable-usage-stats",
+    ]
+    head = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert head.poll() is None, "ray start exited"
+            try:
+                headers = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+                if httpx.get(f"{address}/api/version", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "the head node's dashboard did not come up"
+            time.sleep(1)
+        yield address, env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit(address: str, env: dict, config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+         "python", "jobs/embed.py", "--config", str(config)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_embed_job_through_ray_job_submit(head_node, tmp_path, documents):
+    address, env = head_node
+    write_jsonl(tmp_path / "in" / "docs.jsonl", documents[:60])
+    config = tmp_path / "embed.yaml"
+    config.write_text(f"input: {{path: {tmp_path / 'in'}}}\noutput: {{path: {tmp_path / 'out'}}}\n"
+                      "compute: {actors: 1, cpus_per_actor: 1}\n")
+    done = submit(address, env, config)
+    assert "succeeded" in done.stdout, done.stdout + done.stderr
+    assert "embedded rows=60 errors=0" in done.stdout
+    assert len(pads.dataset(str(tmp_path / "out"), format="parquet").to_table()) == 60
+
+    config.write_text("input: {path: /no/such/input}\noutput: {path: /tmp/unused}\n")
+    failed = submit(address, env, config)
+    assert "failed" in failed.stdout.lower(), failed.stdout + failed.stderr
+    assert "input.path: /no/such/input does not exist" in failed.stdout + failed.stderr
