@@ -1,0 +1,30 @@
+# The front door: `make demo` runs the main job on an embedded local Ray; `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+QUERY ?= how do I read a file line by line
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/python -m raylib.data.sample_corpus --out examples/data/docs --shards 4 --limit 2000
+	rm -rf out/embeddings
+	$(BIN)/python jobs/embed.py --config jobs/configs/embed.yaml
+	$(BIN)/python examples/search.py --embeddings out/embeddings --corpus examples/data/docs --query "$(QUERY)"
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/embed_throughput.py
+
+clean:
+	rm -rf out examples/data
