@@ -66,6 +66,13 @@ def test_only_safetensors_weights_are_loaded(tmp_path):
         resolve_spec(EmbedderConfig(path=str(tmp_path)))
 
 
+def test_remote_code_needs_consent(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "code.Config"}}')
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="auto_map in config.json.*set model.trust_remote_code: true"):
+        resolve_spec(EmbedderConfig(path=str(tmp_path)))
+
+
 def test_dimensions_larger_than_the_model_are_refused():
     with pytest.raises(ConfigError, match="model.dimensions: 1000 is larger than the model's 384"):
         resolve_spec(EmbedderConfig(dimensions=1000))

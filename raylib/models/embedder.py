@@ -90,6 +90,11 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
     """
     directory = resolve_model_path(config.path)
     declared = _sentence_transformers_defaults(directory)
+    if "auto_map" in (_read_json(directory / "config.json") or {}) and not config.trust_remote_code:
+        raise ConfigError(
+            f"model.path: {config.path} runs its own Python code (auto_map in config.json); "
+            "set model.trust_remote_code: true only if you trust it"
+        )
     try:
         model_config = AutoConfig.from_pretrained(directory, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as exc:
