@@ -1,5 +1,5 @@
 # The front door: `make demo` runs the main job on an embedded local Ray; `make test` runs the test suite.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 QUERY ?= how do I read a file line by line

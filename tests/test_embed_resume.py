@@ -57,6 +57,7 @@ def test_sigkill_then_rerun_finishes_exactly_once(ray_session, tmp_path, documen
     skipped = int(summary.split("skipped=")[1].split()[0])
     assert 3 <= finished_before <= skipped < pieces, summary
 
+    assert not any((tmp_path / "out" / "_tmp").iterdir())  # half-written files of the killed run are gone
     resumed = vectors_by_id(tmp_path / "out")
     assert sorted(resumed) == sorted(doc["id"] for doc in documents)
     clean_config = load_config(config_path, EmbedJobConfig)

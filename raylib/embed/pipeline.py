@@ -156,6 +156,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     resolve_spec(config.model)  # a bad model directory fails here, before any Ray work
     store = OutputStore(config.output.path)
     store.claim(_settings(config))
+    store.discard_temporary()
     finished = store.finished()
     todo = [piece for piece in pieces if piece.key not in finished]
 
@@ -201,7 +202,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
             for key in totals:
                 totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
 
-    missing = {piece.key for piece in pieces} - set(store.finished())
+    missing = {piece.key for piece in pieces} - store.finished()
     if missing:
         raise RuntimeError(f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job")
     return EmbedSummary(

@@ -50,16 +50,15 @@ class OutputStore:
     def vectors_path(self, key: str) -> str:
         return self._path(f"{key}.parquet")
 
-    def finished(self) -> dict[str, dict]:
-        """Manifest entries of the finished pieces, by piece key (one directory listing)."""
+    def finished(self) -> set[str]:
+        """Keys of the committed pieces (one directory listing, no file reads)."""
         selector = pafs.FileSelector(self._path("_manifest"), allow_not_found=True)
-        entries = {}
-        for info in self.fs.get_file_info(selector):
-            name = posixpath.basename(info.path)
-            if name.endswith(".json") and name != JOB_FILE:
-                with self.fs.open_input_stream(info.path) as handle:
-                    entries[name[: -len(".json")]] = json.loads(handle.read())
-        return entries
+        names = (posixpath.basename(info.path) for info in self.fs.get_file_info(selector))
+        return {name[: -len(".json")] for name in names if name.endswith(".json") and name != JOB_FILE}
+
+    def discard_temporary(self) -> None:
+        """Remove half-written files that a killed run left behind."""
+        self.fs.delete_dir_contents(self._path("_tmp"), missing_dir_ok=True)
 
     def claim(self, settings: dict) -> None:
         """Record the run's settings, or refuse an output directory that holds vectors made another way."""
