@@ -45,7 +45,7 @@ def _read_json(path: Path) -> dict | list | None:
 
 def _sentence_transformers_defaults(directory: Path) -> dict:
     """Pooling, normalisation, max length and prompts declared by a sentence-transformers directory."""
-    found: dict = {"prompts": {}}
+    found: dict = {}
     modules = _read_json(directory / "modules.json") or []
     for module in modules:
         kind = module.get("type", "")
