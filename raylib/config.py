@@ -68,6 +68,37 @@ class EmbedJobConfig(Strict):
     compute: ComputeConfig = ComputeConfig()
 
 
+class ServedModelConfig(Strict):
+    """One model of the serving application; `name` is what clients put in the request's `model` field."""
+
+    name: str = Field("all-minilm-l6-v2", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: EmbedderConfig = EmbedderConfig()
+
+
+class BatchingConfig(Strict):
+    """Dynamic batching across concurrent requests inside each model replica."""
+
+    enabled: bool = True
+    batch_tokens: int = Field(8192, gt=0)  # padded tokens per forward pass
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first row of a batch waits for company
+
+
+class LimitsConfig(Strict):
+    """Bounds on one request; larger requests get a 4xx before any work."""
+
+    max_inputs: int = Field(2048, gt=0)  # inputs per request
+    max_body_bytes: int = Field(8_000_000, gt=0)
+
+
+class ServeAppConfig(Strict):
+    """Arguments of the serving application (`args:` in serve/config.yaml)."""
+
+    models: list[ServedModelConfig] = Field(default_factory=lambda: [ServedModelConfig()], min_length=1)
+    batching: BatchingConfig = BatchingConfig()
+    limits: LimitsConfig = LimitsConfig()
+    api_key_env: str = "RAYLIB_API_KEY"  # when this variable is set, requests need `Authorization: Bearer <key>`
+
+
 Schema = TypeVar("Schema", bound=BaseModel)
 
 
@@ -103,12 +134,17 @@ def load_config(path: str | Path, schema: type[Schema]) -> Schema:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise ConfigError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    return validate_config(data, schema, str(path))
+
+
+def validate_config(data: object, schema: type[Schema], source: str) -> Schema:
+    """Check already-parsed config data against `schema`; ConfigError names `source`, the key and the fix."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of keys (allowed: {', '.join(schema.model_fields)})")
+        raise ConfigError(f"{source}: top level must be a mapping of keys (allowed: {', '.join(schema.model_fields)})")
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc.errors()[0], schema)}") from None
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0], schema)}") from None
 
 
 def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None) -> int:

@@ -2,6 +2,9 @@
 
 import json
 import os
+import socket
+import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -11,6 +14,15 @@ from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the virtual environment's scripts: ray, serve
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

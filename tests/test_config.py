@@ -10,8 +10,7 @@ import pytest
 
 from raylib.config import EmbedJobConfig, job_main
 from raylib.embed.pipeline import run_embed
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
 
 
 def run_job(config_path: Path, capsys) -> tuple[int, str]:

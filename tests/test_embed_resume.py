@@ -12,9 +12,7 @@ import pyarrow.dataset as pads
 
 from raylib.config import EmbedJobConfig, load_config
 from raylib.embed.pipeline import run_embed
-from tests.conftest import write_jsonl
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, write_jsonl
 
 
 def vectors_by_id(path: Path) -> dict:

@@ -4,9 +4,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,16 +13,7 @@ import httpx
 import pyarrow.dataset as pads
 import pytest
 
-from tests.conftest import write_jsonl
-
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.conftest import BIN, ROOT, free_port, write_jsonl
 
 
 @pytest.fixture

@@ -129,11 +129,14 @@ class PromptTokenizer:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def __call__(self, texts: Sequence[str], input_type: str = "document") -> list[list[int]]:
-        """Token ids of each text with the input type's prefix, truncated to max_length."""
+    def __call__(self, texts: Sequence[str], input_type: str = "document", truncate: bool = True) -> list[list[int]]:
+        """Token ids of each text with the input type's prefix, truncated to max_length unless `truncate` is off."""
         prefix = self.spec.prefixes[input_type]
         encoded = self.tokenizer(
-            [prefix + text for text in texts], truncation=True, max_length=self.spec.max_length
+            [prefix + text for text in texts],
+            truncation=truncate,
+            max_length=self.spec.max_length if truncate else None,
+            verbose=False,
         )
         return encoded["input_ids"]
 

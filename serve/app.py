@@ -1,0 +1,220 @@
+"""The serving application: an OpenAI-compatible ingress in front of one batched deployment per model.
+
+`serve run serve/config.yaml` builds it with `build_app(args)`; the YAML's `deployments:` section sets
+replicas, resources and autoscaling per deployment (the ingress is `EmbeddingsAPI`, each model deployment
+carries the model's name).
+"""
+
+import asyncio
+import hmac
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+from starlette.exceptions import HTTPException
+
+from raylib.config import BatchingConfig, ConfigError, EmbedderConfig, ServeAppConfig, validate_config
+from raylib.models.embedder import Embedder, ModelSpec, PromptTokenizer, resolve_spec
+from serve.openai_api import (
+    ApiError,
+    check_token_ids,
+    embedding_response,
+    fit_lengths,
+    parse_request,
+    shorten,
+    split_inputs,
+)
+
+REPLICA_RETRIES = 2  # a request whose model replica dies is sent again to another one
+
+
+def padded_tokens(items: list[tuple[list[int], float]]) -> int:
+    """Cost of a batch of (token ids, queued-at) rows: rows x longest row."""
+    return len(items) * max(len(ids) for ids, _ in items)
+
+
+@serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 1})
+class EmbeddingModel:
+    """One model replica; rows of concurrent requests are merged into token-budget batches."""
+
+    def __init__(self, model: dict, batching: dict):
+        self.embedder = Embedder(EmbedderConfig.model_validate(model))
+        self.batching = BatchingConfig.model_validate(batching)
+        self.batch_tokens = max(self.batching.batch_tokens, self.embedder.spec.max_length)
+        self.embed_rows.set_max_batch_size(self.batch_tokens)
+        self.embed_rows.set_batch_wait_timeout_s(self.batching.max_wait_ms / 1000)
+        self.forward_lock = asyncio.Lock()
+        self.batch_rows = Histogram("embeddings_batch_rows", "rows per forward batch",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
+        self.batch_size_tokens = Histogram("embeddings_batch_tokens", "padded tokens per forward batch",
+                                           boundaries=[64, 256, 1024, 2048, 4096, 8192, 16384, 65536])
+        self.queue_seconds = Histogram("embeddings_queue_seconds", "time a row waits for its batch",
+                                       boundaries=[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5])
+
+    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
+        """Vectors (rows, dimensions) for token id rows, batched with other requests' rows when enabled."""
+        if not self.batching.enabled:
+            async with self.forward_lock:
+                return await asyncio.to_thread(self.embedder.embed_tokens, token_ids, self.batch_tokens)
+        queued_at = time.monotonic()
+        rows = await asyncio.gather(*(self.embed_rows((ids, queued_at)) for ids in token_ids))
+        return np.stack(rows)
+
+    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
+    async def embed_rows(self, items: list[tuple[list[int], float]]) -> list[np.ndarray]:
+        started = time.monotonic()
+        for _, queued_at in items:
+            self.queue_seconds.observe(started - queued_at)
+        self.batch_rows.observe(len(items))
+        self.batch_size_tokens.observe(padded_tokens(items))
+        vectors = await asyncio.to_thread(self.embedder.embed_tokens, [ids for ids, _ in items], self.batch_tokens)
+        return list(vectors)
+
+    def ready(self) -> bool:
+        """Answered only once __init__ has loaded the model."""
+        return True
+
+
+@dataclass
+class ServedModel:
+    spec: ModelSpec
+    tokenize: PromptTokenizer
+    handle: DeploymentHandle
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenize.tokenizer)
+
+
+api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown routes and methods answer in the same error shape as the API's own errors."""
+    return await _api_error(request, ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = ApiError(413, f"request body is larger than {limit} bytes; send fewer or shorter inputs",
+                         code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+@serve.deployment(name="EmbeddingsAPI", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
+@serve.ingress(api)
+class EmbeddingsAPI:
+    """HTTP ingress: checks and tokenises requests, sends token ids to the model's deployment."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], config: dict):
+        self.config = ServeAppConfig.model_validate(config)
+        self.models = {}
+        for served in self.config.models:
+            spec = resolve_spec(served.model)
+            self.models[served.name] = ServedModel(spec, PromptTokenizer(spec), handles[served.name])
+        self.default_model = self.config.models[0].name
+        self.api_key = os.environ.get(self.config.api_key_env) or None
+        self.requests = Counter("embeddings_requests", "embedding requests by model and status",
+                                tag_keys=("model", "status"))
+        self.tokens = Counter("embeddings_tokens", "input tokens embedded", tag_keys=("model",))
+
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            raise ApiError(401, "missing or wrong API key; send `Authorization: Bearer <key>`",
+                           code="invalid_api_key")
+
+    @api.post("/v1/embeddings")
+    async def create_embeddings(self, request: Request) -> JSONResponse:
+        model_name = "unknown"
+        try:
+            self.authorize(request)
+            body = parse_request(await read_body(request, self.config.limits.max_body_bytes))
+            model_name = body.model or self.default_model
+            served = self.models.get(model_name)
+            if served is None:
+                raise ApiError(404, f"model {model_name!r} is not served; choose one of {sorted(self.models)}",
+                               param="model", code="model_not_found")
+            if body.dimensions is not None and body.dimensions > served.spec.dimensions:
+                raise ApiError(400, f"dimensions: at most {served.spec.dimensions} for {model_name}",
+                               param="dimensions")
+            inputs = split_inputs(body.input, self.config.limits.max_inputs)
+            if inputs.texts is not None:
+                token_ids = await asyncio.to_thread(served.tokenize, inputs.texts, body.input_type, body.truncate)
+            else:
+                check_token_ids(inputs.token_ids, served.vocab_size)
+                token_ids = inputs.token_ids
+            token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
+            vectors = shorten(await self.embed(served.handle, token_ids), body.dimensions, served.spec.normalize)
+        except ApiError as exc:
+            self.requests.inc(tags={"model": model_name, "status": str(exc.status)})
+            raise
+        prompt_tokens = sum(len(ids) for ids in token_ids)
+        self.requests.inc(tags={"model": model_name, "status": "200"})
+        self.tokens.inc(prompt_tokens, tags={"model": model_name})
+        return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens))
+
+    async def embed(self, handle: DeploymentHandle, token_ids: list[list[int]]) -> np.ndarray:
+        for attempt in range(REPLICA_RETRIES + 1):
+            try:
+                return await handle.embed.remote(token_ids)
+            except RayActorError:
+                if attempt == REPLICA_RETRIES:
+                    raise
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "raylib"} for name in self.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        """200 once every model deployment has a replica with its model loaded, else 503."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(served.handle.ready.remote() for served in self.models.values())), timeout=5
+            )
+        except (asyncio.TimeoutError, RayActorError) as exc:
+            return JSONResponse({"status": "loading", "detail": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "models": sorted(self.models)})
+
+
+def build_app(args: dict) -> serve.Application:
+    """Application builder for serve/config.yaml's `args` (see raylib.config.ServeAppConfig)."""
+    config = validate_config(args, ServeAppConfig, "serve application args")
+    names = [served.name for served in config.models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"serve application args: models: names must differ (got {names})")
+    for served in config.models:
+        resolve_spec(served.model)  # a bad path or dimension fails the deploy, not the first request
+    handles = {
+        served.name: EmbeddingModel.options(name=served.name).bind(
+            served.model.model_dump(), config.batching.model_dump()
+        )
+        for served in config.models
+    }
+    return EmbeddingsAPI.bind(handles, config.model_dump())

@@ -1,0 +1,143 @@
+"""The OpenAI embeddings API shape: request checking, error bodies and response encoding.
+
+Plain functions and pydantic models, no Ray: the ingress in serve/app.py calls them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+
+
+class ApiError(Exception):
+    """A request the service refuses; rendered as OpenAI's {"error": {...}} body with a 4xx status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings body: OpenAI's fields plus `input_type` and `truncate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    model: StrictStr | None = None  # None: the application's first model
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(None, gt=0)
+    user: StrictStr | None = None
+    input_type: Literal["query", "document"] = "document"
+    truncate: bool = True  # False: an input longer than the model's max length is an error
+
+
+@dataclass
+class Inputs:
+    """A request's inputs as either texts or token id lists, never both."""
+
+    texts: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts if self.texts is not None else self.token_ids)
+
+
+def parse_request(body: bytes) -> EmbeddingRequest:
+    """Decode and check a request body; ApiError(400) names the bad field."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object", code="invalid_json")
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object with an `input` field", code="invalid_json")
+    try:
+        return EmbeddingRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _describe(exc.errors()[0]) from None
+
+
+def _describe(error: dict) -> ApiError:
+    param = str(error["loc"][0]) if error["loc"] else None
+    if error["type"] == "extra_forbidden":
+        return ApiError(400, f"unrecognized request argument: {param}; remove it", param=param)
+    if error["type"] == "missing":
+        return ApiError(400, f"{param} is required", param=param)
+    if param == "input":
+        return ApiError(400, f"input must be {INPUT_SHAPES}", param="input")
+    return ApiError(400, f"{param}: {error['msg']} (got {error.get('input')!r})", param=param)
+
+
+def split_inputs(raw: str | list, max_inputs: int) -> Inputs:
+    """Turn the request's `input` into texts or token id lists, refusing empty and too many inputs."""
+    if isinstance(raw, str):
+        raw = [raw]
+    if not raw:
+        raise ApiError(400, "input must not be empty; send at least one text", param="input")
+    if isinstance(raw[0], int):
+        raw = [raw]
+    if len(raw) > max_inputs:
+        raise ApiError(400, f"input has {len(raw)} items; at most {max_inputs} per request", param="input",
+                       code="too_many_inputs")
+    if isinstance(raw[0], str):
+        for index, text in enumerate(raw):
+            if not text:
+                raise ApiError(400, f"input[{index}] is an empty string; send non-empty text", param="input")
+        return Inputs(texts=list(raw))
+    for index, ids in enumerate(raw):
+        if not ids:
+            raise ApiError(400, f"input[{index}] is an empty list of token ids", param="input")
+    return Inputs(token_ids=[list(ids) for ids in raw])
+
+
+def check_token_ids(token_ids: list[list[int]], vocab_size: int) -> None:
+    """Refuse token ids outside the model's vocabulary."""
+    for index, ids in enumerate(token_ids):
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ApiError(400, f"input[{index}] has token id {bad[0]} outside the vocabulary [0, {vocab_size})",
+                           param="input")
+
+
+def fit_lengths(token_ids: list[list[int]], max_length: int, truncate: bool) -> list[list[int]]:
+    """Cut inputs to `max_length` tokens, or refuse the first longer one when `truncate` is off."""
+    for index, ids in enumerate(token_ids):
+        if len(ids) > max_length and not truncate:
+            raise ApiError(400, f"input[{index}] has {len(ids)} tokens, more than the model's {max_length}; "
+                           "shorten it or set truncate: true", param="input", code="context_length_exceeded")
+    return [ids[:max_length] for ids in token_ids]
+
+
+def shorten(vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:
+    """Matryoshka truncation of (rows, dims) vectors to `dimensions`, re-normalised when the model normalises."""
+    if dimensions is None or dimensions == vectors.shape[1]:
+        return vectors
+    vectors = vectors[:, :dimensions]
+    if renormalize:
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
+
+
+def embedding_response(vectors: np.ndarray, model: str, encoding_format: str, prompt_tokens: int) -> dict:
+    """OpenAI's response body; base64 is little-endian float32, as the official clients decode it."""
+    vectors = np.ascontiguousarray(vectors, dtype="<f4")
+    if encoding_format == "base64":
+        encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+    else:
+        encoded = vectors.tolist()
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

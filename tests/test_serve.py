@@ -1,0 +1,239 @@
+"""The embeddings service over real HTTP: `serve run` of a config shaped like serve/config.yaml on the session's Ray."""
+
+import base64
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import ray
+from ray import serve
+
+from serve.local import default_config, local_service
+from tests.conftest import free_port
+
+API_KEY = "test-key-5d1c"
+MODEL = "minilm"
+SMALL = "minilm-128"  # the same weights, 128 dimensions and a query prefix
+
+
+def service_config(port: int) -> dict:
+    """serve/config.yaml with a free port, two models, small limits, fast autoscaling and a key."""
+    config = default_config()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    app = config["applications"][0]
+    app["runtime_env"] = {"env_vars": {"RAYLIB_API_KEY": API_KEY}}
+    app["args"]["models"] = [
+        {"name": MODEL, "model": {"path": "bundled"}},
+        {"name": SMALL, "model": {"path": "bundled", "dimensions": 128, "query_prefix": "query: "}},
+    ]
+    app["args"]["limits"] = {"max_inputs": 8, "max_body_bytes": 50_000}
+    app["deployments"] = [
+        {"name": "EmbeddingsAPI", "ray_actor_options": {"num_cpus": 0.1}},
+        {"name": MODEL, "ray_actor_options": {"num_cpus": 0.5}, "autoscaling_config": {
+            "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
+            "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}},
+        {"name": SMALL, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}},
+    ]
+    return config
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tmp_path_factory):
+    """`serve run` on the session's Ray; yields the base URL once /health answers 200."""
+    with local_service(service_config(free_port()), ray_session, tmp_path_factory.mktemp("serve")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with httpx.Client(base_url=service, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as http:
+        yield http
+
+
+def embed(client, **body) -> dict:
+    response = client.post("/v1/embeddings", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def vectors(result: dict) -> np.ndarray:
+    return np.array([item["embedding"] for item in result["data"]], dtype=np.float32)
+
+
+def test_each_input_form_gets_the_openai_shape(client, embedder):
+    text_ids = embedder.tokenize(["hello world", "a second text"])
+    for given, rows in [
+        ("hello world", 1),
+        (["hello world", "a second text"], 2),
+        (text_ids[0], 1),
+        (text_ids, 2),
+    ]:
+        result = embed(client, input=given, model=MODEL)
+        assert result["object"] == "list" and result["model"] == MODEL
+        assert [item["index"] for item in result["data"]] == list(range(rows))
+        assert all(item["object"] == "embedding" and len(item["embedding"]) == 384 for item in result["data"])
+        assert result["usage"] == {"prompt_tokens": sum(map(len, text_ids[:rows])),
+                                   "total_tokens": sum(map(len, text_ids[:rows]))}
+    # text and its token ids give the same vector
+    from_text = vectors(embed(client, input="hello world"))
+    from_ids = vectors(embed(client, input=text_ids[0]))
+    np.testing.assert_allclose(from_text, from_ids, atol=1e-6)
+
+
+def test_concurrent_requests_match_the_offline_embedder(client, embedder, documents):
+    texts = [doc["text"] for doc in documents[:48]]
+    requests = [texts[i : i + 3] for i in range(0, len(texts), 3)]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda chunk: vectors(embed(client, input=chunk, model=MODEL)), requests))
+    np.testing.assert_allclose(np.concatenate(results), embedder.encode(texts), atol=2e-5)
+
+
+def test_base64_decodes_to_the_float_vectors(client):
+    texts = ["base64 carries the same numbers", "as the float lists"]
+    as_floats = vectors(embed(client, input=texts))
+    as_base64 = embed(client, input=texts, encoding_format="base64")
+    decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+                        for item in as_base64["data"]])
+    np.testing.assert_array_equal(decoded, as_floats)
+
+
+def test_dimensions_truncate_and_renormalise(client):
+    full = vectors(embed(client, input="matryoshka"))[0]
+    short = vectors(embed(client, input="matryoshka", dimensions=64))[0]
+    assert short.shape == (64,)
+    np.testing.assert_allclose(short, full[:64] / np.linalg.norm(full[:64]), atol=1e-6)
+
+
+def test_model_field_routes_and_input_type_applies_the_prefix(client):
+    small = vectors(embed(client, input="how do I sort a list", model=SMALL))[0]
+    full = vectors(embed(client, input="how do I sort a list", model=MODEL))[0]
+    assert small.shape == (128,)
+    np.testing.assert_allclose(small, full[:128] / np.linalg.norm(full[:128]), atol=1e-6)
+    as_query = vectors(embed(client, input="how do I sort a list", model=SMALL, input_type="query"))[0]
+    prefixed = vectors(embed(client, input="query: how do I sort a list", model=SMALL))[0]
+    np.testing.assert_allclose(as_query, prefixed, atol=1e-6)
+    assert np.dot(as_query, small) < 0.999  # the prefix changed the vector
+
+
+def test_long_input_is_truncated_unless_asked_not_to(client):
+    result = embed(client, input="word " * 600)
+    assert result["usage"]["prompt_tokens"] == 256  # the bundled model's max_seq_length
+
+
+def test_the_official_openai_client_works_unchanged(service, embedder):
+    api = openai.OpenAI(base_url=f"{service}/v1", api_key=API_KEY)
+    texts = ["the openai client asks for base64", "and decodes it itself"]
+    result = api.embeddings.create(model=MODEL, input=texts)
+    got = np.array([item.embedding for item in result.data], dtype=np.float32)
+    np.testing.assert_allclose(got, embedder.encode(texts), atol=2e-5)
+    assert result.usage.prompt_tokens == sum(map(len, embedder.tokenize(texts)))
+    assert len(api.embeddings.create(model=SMALL, input="x", dimensions=32).data[0].embedding) == 32
+    assert [model.id for model in api.models.list()] == [MODEL, SMALL]
+
+
+MISTAKES = [
+    ({"json": {"input": []}}, 400, "input"),
+    ({"json": {"input": ""}}, 400, "input"),
+    ({"json": {"input": ["fine", ""]}}, 400, "input"),
+    ({"json": {"input": 5}}, 400, "input"),
+    ({"json": {"input": [1.5]}}, 400, "input"),
+    ({"json": {"input": ["text", 3]}}, 400, "input"),
+    ({"json": {"input": [[]]}}, 400, "input"),
+    ({"json": {"input": [[101, 99999999]]}}, 400, "input"),
+    ({"json": {"model": MODEL}}, 400, "input"),
+    ({"json": {"input": ["x"] * 9}}, 400, "input"),
+    ({"json": {"input": "word " * 600, "truncate": False}}, 400, "input"),
+    ({"json": {"input": "x", "model": "gpt-4"}}, 404, "model"),
+    ({"json": {"input": "x", "encoding_format": "hex"}}, 400, "encoding_format"),
+    ({"json": {"input": "x", "dimensions": 0}}, 400, "dimensions"),
+    ({"json": {"input": "x", "dimensions": 1000}}, 400, "dimensions"),
+    ({"json": {"input": "x", "input_type": "passage"}}, 400, "input_type"),
+    ({"json": {"input": "x", "colour": "red"}}, 400, "colour"),
+    ({"content": b"{not json"}, 400, None),
+    ({"content": b'"a bare string"'}, 400, None),
+    ({"json": {"input": "x" * 60_000}}, 413, None),
+    ({"json": {"input": "x"}, "headers": {"Authorization": ""}}, 401, None),
+    ({"json": {"input": "x"}, "headers": {"Authorization": "Bearer wrong"}}, 401, None),
+]
+
+
+@pytest.mark.parametrize("request_args, status, param", MISTAKES)
+def test_caller_mistakes_get_a_4xx_openai_error(client, request_args, status, param):
+    response = client.post("/v1/embeddings", **request_args)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["param"] == param
+
+
+def test_unknown_routes_answer_in_the_error_shape_and_the_service_stays_healthy(client):
+    response = client.get("/v1/nothing")
+    assert response.status_code == 404 and response.json()["error"]["message"]
+    assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/health").json() == {"status": "ok", "models": sorted([MODEL, SMALL])}
+    assert len(embed(client, input="still serving")["data"]) == 1
+
+
+def scrape_metrics(node_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node_port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def metric_total(text: str, name: str, **labels) -> float:
+    """Sum of a Prometheus series over all label sets that contain `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_prometheus_metrics_count_requests_tokens_and_batches(client):
+    port = ray.nodes()[0]["MetricsExportPort"]
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports metrics every few seconds
+        text = scrape_metrics(port)
+        if metric_total(text, "ray_embeddings_requests_total", status="400") and "ray_embeddings_batch_rows" in text:
+            break
+        assert time.monotonic() < deadline, "embedding metrics never appeared"
+        time.sleep(2)
+    assert metric_total(text, "ray_embeddings_requests_total", model=MODEL, status="200") >= 5
+    assert metric_total(text, "ray_embeddings_tokens_total", model=MODEL) > 100
+    batches = metric_total(text, "ray_embeddings_batch_rows_count")
+    single_row_batches = metric_total(text, "ray_embeddings_batch_rows_bucket", le="1.0")
+    assert single_row_batches < batches  # concurrent requests were merged into shared batches
+    assert metric_total(text, "ray_embeddings_queue_seconds_count") > 0
+    assert "ray_serve_num_http_requests_total" in text  # Serve's own metrics are exported beside ours
+
+
+def running_replicas(deployment: str) -> int:
+    states = serve.status().applications["embeddings"].deployments[deployment].replica_states
+    return states.get("RUNNING", 0)
+
+
+def test_autoscaling_adds_replicas_under_load_and_removes_them_after(client):
+    assert running_replicas(MODEL) == 1
+    stop_at = time.monotonic() + 120
+    peak = 1
+
+    def keep_sending(_):
+        while time.monotonic() < stop_at:
+            embed(client, input=["load " * 100] * 4, model=MODEL)
+
+    with ThreadPoolExecutor(12) as pool:
+        senders = [pool.submit(keep_sending, i) for i in range(12)]
+        while time.monotonic() < stop_at and peak < 2:
+            peak = max(peak, running_replicas(MODEL))
+            time.sleep(0.5)
+        stop_at = time.monotonic()  # stop the load
+        for sender in senders:
+            sender.result()
+    assert peak == 2
+    deadline = time.monotonic() + 90
+    while running_replicas(MODEL) > 1:
+        assert time.monotonic() < deadline, "idle replica was not removed"
+        time.sleep(1)
