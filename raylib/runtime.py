@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 
@@ -16,3 +17,10 @@ def init_ray(**local_options) -> None:
         ray.init(address=address)
     else:
         ray.init(**local_options)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now (for local heads and services started by tests and benches)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -13,7 +13,8 @@ import httpx
 import pyarrow.dataset as pads
 import pytest
 
-from tests.conftest import BIN, ROOT, free_port, write_jsonl
+from raylib.runtime import free_port
+from tests.conftest import BIN, ROOT, write_jsonl
 
 
 @pytest.fixture

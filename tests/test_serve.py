@@ -12,8 +12,8 @@ import pytest
 import ray
 from ray import serve
 
+from raylib.runtime import free_port
 from serve.local import default_config, local_service
-from tests.conftest import free_port
 
 API_KEY = "test-key-5d1c"
 MODEL = "minilm"
