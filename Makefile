@@ -25,6 +25,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf out examples/data
