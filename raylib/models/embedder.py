@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
 from raylib.config import BUNDLED_MODEL, ConfigError, EmbedderConfig
 from raylib.models.batching import token_budget_batches
 from raylib.models.pooling import pool
@@ -90,7 +92,9 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
     """
     directory = resolve_model_path(config.path)
     declared = _sentence_transformers_defaults(directory)
-    if "auto_map" in (_read_json(directory / "config.json") or {}) and not config.trust_remote_code:
+    declared_config = _read_json(directory / "config.json") or {}
+    built_in = declared_config.get("model_type") in CONFIG_MAPPING  # includes nomic_bert, registered by raylib
+    if "auto_map" in declared_config and not built_in and not config.trust_remote_code:
         raise ConfigError(
             f"model.path: {config.path} runs its own Python code (auto_map in config.json); "
             "set model.trust_remote_code: true only if you trust it"

@@ -1,0 +1,210 @@
+"""nomic-bert: attention backends, rotary/NTK, save/load, the public checkpoint layout, the Embedder at 8192 tokens."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import AutoModel
+
+from raylib.config import EmbedderConfig
+from raylib.models.attention import attention
+from raylib.models.embedder import Embedder, resolve_model_path
+from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM, NomicBertModel
+from raylib.models.rotary import ntk_base
+
+TINY = dict(n_embd=64, n_head=4, n_layer=2, n_inner=256, max_trained_positions=64, n_positions=8192)
+
+# A config.json as the public nomic checkpoints write it: GPT-2 keys, remote-code auto_map, unused options.
+NOMIC_LAYOUT_CONFIG = {
+    "activation_function": "swiglu", "architectures": ["NomicBertModel"], "attn_pdrop": 0.0,
+    "auto_map": {"AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+                 "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"},
+    "bos_token_id": None, "causal": False, "dense_seq_output": True, "embd_pdrop": 0.0, "eos_token_id": None,
+    "fused_bias_fc": True, "fused_dropout_add_ln": True, "initializer_range": 0.02, "layer_norm_epsilon": 1e-12,
+    "max_trained_positions": 64, "mlp_fc1_bias": False, "mlp_fc2_bias": False, "model_type": "nomic_bert",
+    "n_embd": 64, "n_head": 4, "n_inner": 256, "n_layer": 2, "n_positions": 8192, "pad_vocab_size_multiple": 64,
+    "parallel_block": False, "prenorm": False, "qkv_proj_bias": False, "resid_pdrop": 0.0, "rotary_emb_base": 1000,
+    "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
+    "rotary_scaling_factor": 2, "summary_type": "cls_index", "torch_dtype": "float32",
+    "transformers_version": "4.34.0", "type_vocab_size": 2, "use_cache": True, "use_flash_attn": True,
+    "use_rms_norm": False, "use_xentropy": True, "vocab_size": 30528,
+}
+
+
+def nomic_layout_weights(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the public checkpoints' parameter names (no `bert.` prefix: an embedding model)."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden, inner = config["n_embd"], config["n_inner"]
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator) * 0.05
+
+    def norm(name):
+        return {f"{name}.weight": 1 + normal(hidden), f"{name}.bias": normal(hidden)}
+
+    weights = {"embeddings.word_embeddings.weight": normal(config["vocab_size"], hidden),
+               "embeddings.token_type_embeddings.weight": normal(2, hidden), **norm("emb_ln")}
+    for i in range(config["n_layer"]):
+        layer = f"encoder.layers.{i}"
+        weights |= {f"{layer}.attn.Wqkv.weight": normal(3 * hidden, hidden),
+                    f"{layer}.attn.out_proj.weight": normal(hidden, hidden),
+                    f"{layer}.mlp.fc11.weight": normal(inner, hidden), f"{layer}.mlp.fc12.weight": normal(inner, hidden),
+                    f"{layer}.mlp.fc2.weight": normal(hidden, inner), **norm(f"{layer}.norm1"), **norm(f"{layer}.norm2")}
+    return weights
+
+
+def reference_forward(w: dict, config: dict, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """nomic-bert's forward written out from the published formulas: post-norm blocks, rotary on q and k with
+    halves rotated, dynamic NTK base past max_trained_positions, additive mask, SwiGLU = fc11(x) * silu(fc12(x))."""
+    hidden, heads = config["n_embd"], config["n_head"]
+    head_dim = hidden // heads
+    eps = config["layer_norm_epsilon"]
+    batch, seq_len = input_ids.shape
+    x = w["embeddings.word_embeddings.weight"][input_ids] + w["embeddings.token_type_embeddings.weight"][0]
+    x = F.layer_norm(x, (hidden,), w["emb_ln.weight"], w["emb_ln.bias"], eps)
+    base, factor, trained = config["rotary_emb_base"], config["rotary_scaling_factor"], config["max_trained_positions"]
+    if factor and seq_len > trained:
+        base = base * ((factor * seq_len / trained) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    freqs = torch.outer(torch.arange(seq_len).float(), inv_freq)
+    cos, sin = freqs.cos().repeat(1, 2)[:, None, :], freqs.sin().repeat(1, 2)[:, None, :]
+
+    def rotate(t):  # t: (batch, seq, heads, head_dim)
+        half = head_dim // 2
+        return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
+
+    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    for i in range(config["n_layer"]):
+        p = f"encoder.layers.{i}"
+        qkv = (x @ w[f"{p}.attn.Wqkv.weight"].T).view(batch, seq_len, 3, heads, head_dim)
+        q, k, v = rotate(qkv[:, :, 0]), rotate(qkv[:, :, 1]), qkv[:, :, 2]
+        scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / math.sqrt(head_dim) + additive
+        context = (scores.softmax(-1) @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3).reshape(batch, seq_len, hidden)
+        x = F.layer_norm(context @ w[f"{p}.attn.out_proj.weight"].T + x, (hidden,),
+                         w[f"{p}.norm1.weight"], w[f"{p}.norm1.bias"], eps)
+        gated = (x @ w[f"{p}.mlp.fc11.weight"].T) * F.silu(x @ w[f"{p}.mlp.fc12.weight"].T)
+        x = F.layer_norm(gated @ w[f"{p}.mlp.fc2.weight"].T + x, (hidden,),
+                         w[f"{p}.norm2.weight"], w[f"{p}.norm2.bias"], eps)
+    return x
+
+
+@pytest.fixture(scope="module")
+def nomic_dir(tmp_path_factory):
+    """A directory in the public nomic layout: config.json, model.safetensors and the bert-base-uncased tokenizer."""
+    directory = tmp_path_factory.mktemp("nomic")
+    (directory / "config.json").write_text(json.dumps(NOMIC_LAYOUT_CONFIG))
+    save_file(nomic_layout_weights(NOMIC_LAYOUT_CONFIG), directory / "model.safetensors")
+    bundled = resolve_model_path("bundled")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (bundled / name).is_file():
+            shutil.copy(bundled / name, directory / name)
+    return directory
+
+
+def padded_batch(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, 30000, (len(lengths), max(lengths)), generator=generator)
+    mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    return input_ids, mask
+
+
+def test_sdpa_matches_a_plain_attention_with_padding():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 11, 4, 16, generator=generator) for _ in range(3))
+    mask = torch.tensor([[1] * 11, [1] * 7 + [0] * 4, [1] * 2 + [0] * 9])
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 4.0
+    scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+    expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+    got = attention(q, k, v, mask, backend="sdpa")
+    valid = mask.bool()
+    torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_public_layout_loads_without_remote_code_and_matches_the_reference(nomic_dir):
+    model = AutoModel.from_pretrained(nomic_dir).eval()  # trust_remote_code stays off
+    assert isinstance(model, NomicBertModel)
+    weights = nomic_layout_weights(NOMIC_LAYOUT_CONFIG)
+    for lengths in ([9, 5, 2], [100, 70]):  # within and beyond max_trained_positions (64): NTK applies
+        input_ids, mask = padded_batch(lengths)
+        with torch.no_grad():
+            got = model(input_ids, attention_mask=mask).last_hidden_state
+        expected = reference_forward(weights, NOMIC_LAYOUT_CONFIG, input_ids, mask)
+        valid = mask.bool()
+        torch.testing.assert_close(got[valid], expected[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_dynamic_ntk_is_a_no_op_up_to_the_trained_length_and_scales_beyond():
+    torch.manual_seed(0)
+    scaled = NomicBertModel(NomicBertConfig(**TINY, rotary_scaling_factor=2)).eval()
+    plain = NomicBertModel(NomicBertConfig(**TINY)).eval()
+    plain.load_state_dict(scaled.state_dict())
+    for length, same in ((64, True), (200, False)):
+        input_ids, mask = padded_batch([length])
+        with torch.no_grad():
+            a = scaled(input_ids, mask).last_hidden_state
+            b = plain(input_ids, mask).last_hidden_state
+        assert torch.allclose(a, b, atol=1e-6) == same
+    assert ntk_base(1000, 64, 64, 64, 2) == 1000
+    assert ntk_base(1000, 64, 256, 64, 2) == pytest.approx(1000 * (2 * 4 - 1) ** (64 / 62))
+
+
+def test_vocab_is_padded_and_the_mlm_head_is_tied():
+    config = NomicBertConfig(**TINY, vocab_size=30522)
+    assert config.vocab_size == 30528 and config.vocab_size % 64 == 0
+    model = NomicBertForMaskedLM(config)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
+def test_save_and_load_round_trip_with_an_mlm_loss(tmp_path):
+    torch.manual_seed(0)
+    model = NomicBertForMaskedLM(NomicBertConfig(**TINY)).eval()
+    input_ids, mask = padded_batch([12, 8])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 3], labels[1, 5] = 2023, 2003
+    with torch.no_grad():
+        before = model(input_ids, mask, labels=labels)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = NomicBertForMaskedLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        after = loaded(input_ids, mask, labels=labels)
+    assert before.logits.shape == (2, loaded.config.vocab_size)  # logits only at the 2 masked positions
+    torch.testing.assert_close(after.loss, before.loss)
+    encoder = AutoModel.from_pretrained(tmp_path).eval()  # the encoder alone from an MLM checkpoint
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(input_ids, mask).last_hidden_state,
+                                   model.bert(input_ids, mask).last_hidden_state)
+
+
+def test_a_checkpoint_with_missing_tensors_fails_listing_them(tmp_path):
+    weights = nomic_layout_weights(NOMIC_LAYOUT_CONFIG)
+    del weights["encoder.layers.1.mlp.fc2.weight"]
+    (tmp_path / "config.json").write_text(json.dumps(NOMIC_LAYOUT_CONFIG))
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing_keys: encoder\.layers\.1\.mlp\.fc2\.weight"):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_bad_config_is_refused_naming_the_keys():
+    with pytest.raises(Exception, match="n_embd \\(65\\) must be divisible by n_head \\(4\\)"):
+        NomicBertConfig(**{**TINY, "n_embd": 65})
+    with pytest.raises(Exception, match="causal"):
+        NomicBertConfig(**TINY, causal=True)
+
+
+def test_embedder_opens_the_layout_and_embeds_8192_tokens(nomic_dir):
+    embedder = Embedder(EmbedderConfig(path=str(nomic_dir), max_length=8192, query_prefix="search_query: ",
+                                       document_prefix="search_document: "))
+    assert embedder.spec.max_length == 8192 and embedder.spec.pooling == "mean"
+    long_text = "retrieval over long documents " * 2500  # > 8192 tokens: truncated to 8192
+    assert len(embedder.tokenize([long_text])[0]) == 8192
+    vectors = embedder.encode([long_text, "a short one"], batch_tokens=16384)
+    assert vectors.shape == (2, 64) and torch.isfinite(torch.from_numpy(vectors)).all()
+    query, document = embedder.encode(["sorting"], "query"), embedder.encode(["sorting"], "document")
+    assert not (query == document).all()  # the prefixes reach the model
