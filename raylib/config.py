@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 BUNDLED_MODEL = "bundled"
 
@@ -39,7 +39,7 @@ class EmbedderConfig(Strict):
 class InputConfig(Strict):
     path: str  # a file or a directory, local or any pyarrow URI (s3://, gs://)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
-    id_column: str = "id"
+    id_column: str | None = "id"  # None: rows carry no id (text-only jobs such as MLM pretraining)
     text_column: str = "text"
     rows_per_piece: int = Field(8192, gt=0)  # parquet: whole row groups up to this many rows
     bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges split at line ends
@@ -66,6 +66,13 @@ class EmbedJobConfig(Strict):
     input_type: Literal["query", "document"] = "document"
     output: OutputConfig
     compute: ComputeConfig = ComputeConfig()
+
+    @field_validator("input")
+    @classmethod
+    def _needs_ids(cls, value: InputConfig) -> InputConfig:
+        if value.id_column is None:
+            raise ValueError("the embed job writes ids next to vectors; set input.id_column to your id column")
+        return value
 
 
 class ServedModelConfig(Strict):
@@ -97,6 +104,72 @@ class ServeAppConfig(Strict):
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
     api_key_env: str = "RAYLIB_API_KEY"  # when this variable is set, requests need `Authorization: Bearer <key>`
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up then linear decay to zero at max_steps."""
+
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(gt=0)  # optimizer steps
+    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class ScalingConfig(Strict):
+    """Ray Train workers; one YAML line each to go from CPU workers here to GPU nodes."""
+
+    num_workers: int = Field(2, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int | None = Field(None, gt=0)  # torch intra-op threads; None: cpus_per_worker rounded up
+    peak_tflops_per_worker: float | None = Field(None, gt=0)  # for the MFU estimate (H100 bf16 dense: 989)
+    data_cpus: float = Field(0.25, gt=0)  # per Ray Data read/tokenise task, beside the workers
+
+
+class StrategyConfig(Strict):
+    """How workers share the model: DDP (a full copy each) or DeepSpeed ZeRO (optimizer state, gradients and,
+    at stage 3, parameters partitioned across workers). On CPU DeepSpeed needs DS_ACCELERATOR=cpu, which the
+    job sets for its workers."""
+
+    kind: Literal["ddp", "deepspeed"] = "ddp"
+    zero_stage: Literal[1, 2, 3] = 2
+
+
+class CheckpointConfig(Strict):
+    """Where the run lives (local path or s3://, gs://), how often it checkpoints and how often it may fail."""
+
+    storage_path: str  # local path or s3://, gs://; every worker must reach it
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    every_steps: int = Field(50, gt=0)
+    keep: int = Field(2, gt=0)
+    max_failures: int = Field(0, ge=-1)  # worker failures survived by restarting from the latest checkpoint
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """A local path is made absolute where the config is read: workers run in other directories."""
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+
+
+class MlmJobConfig(Strict):
+    """Masked-language-model pretraining of nomic-bert (no next-sentence prediction)."""
+
+    data: InputConfig  # text_column is read; set id_column: null when the files have no ids
+    architecture: dict = Field(default_factory=dict)  # NomicBertConfig keys (n_embd, n_head, n_layer, ...)
+    tokenizer: str = BUNDLED_MODEL  # a directory with a tokenizer; 'bundled' is bert-base-uncased's
+    seq_len: int = Field(128, gt=2)
+    mask_probability: float = Field(0.3, gt=0, lt=1)
+    batch_size: int = Field(8, gt=0)  # sequences per worker per micro-batch
+    precision: Literal["bf16", "fp32"] = "bf16"
+    seed: int = 0
+    optim: OptimConfig
+    scaling: ScalingConfig = ScalingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    checkpoint: CheckpointConfig
 
 
 Schema = TypeVar("Schema", bound=BaseModel)

@@ -77,7 +77,7 @@ def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: Input
             metadata = pq.ParquetFile(handle).metadata
         names = set(metadata.schema.names)
         for key in ("id_column", "text_column"):
-            if getattr(config, key) not in names:
+            if getattr(config, key) is not None and getattr(config, key) not in names:
                 raise ConfigError(
                     f"input.{key}: {path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
                     f"set input.{key}"
@@ -103,15 +103,17 @@ def _check_text(text) -> str | None:
 
 
 def _read_parquet(fs, piece: Piece, config: InputConfig) -> pa.Table:
+    columns = [name for name in (config.id_column, config.text_column) if name is not None]
     with fs.open_input_file(piece.uri) as handle:
-        table = pq.ParquetFile(handle).read_row_groups(
-            range(piece.start, piece.stop), columns=[config.id_column, config.text_column]
-        )
-    ids = table.column(config.id_column)
+        table = pq.ParquetFile(handle).read_row_groups(range(piece.start, piece.stop), columns=columns)
     texts = table.column(config.text_column).to_pylist()
-    errors = []
-    for row, (doc_id, text) in enumerate(zip(ids.to_pylist(), texts)):
-        errors.append("id is missing or null" if doc_id is None else _check_text(text))
+    if config.id_column is None:
+        ids = pa.nulls(len(texts), pa.string())
+        errors = [_check_text(text) for text in texts]
+    else:
+        ids = table.column(config.id_column)
+        errors = ["id is missing or null" if doc_id is None else _check_text(text)
+                  for doc_id, text in zip(ids.to_pylist(), texts)]
     where = [f"{piece.uri} row {piece.first_row + row}" for row in range(len(texts))]
     texts = [text if error is None else None for text, error in zip(texts, errors)]
     return pa.table(
@@ -143,6 +145,18 @@ def _byte_range_lines(fs, piece: Piece):
         offset += len(line)
 
 
+def _row_id(row: dict, id_column: str | None) -> tuple[str | int | None, str | None]:
+    """(id, error) of a parsed jsonl row; rows have no id when id_column is None."""
+    if id_column is None:
+        return None, None
+    doc_id = row.get(id_column)
+    if doc_id is None:
+        return None, f"id is missing or null (key {id_column!r})"
+    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+        return None, f"id is a {type(doc_id).__name__}, not a string or integer"
+    return doc_id, None
+
+
 def _parse_jsonl_row(line: bytes, config: InputConfig) -> tuple[str | None, str | None, str | None]:
     """(id, text, error) of one jsonl line."""
     try:
@@ -151,14 +165,12 @@ def _parse_jsonl_row(line: bytes, config: InputConfig) -> tuple[str | None, str 
         return None, None, f"line is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
     if not isinstance(row, dict):
         return None, None, "line is not a JSON object"
-    doc_id = row.get(config.id_column)
-    if doc_id is None:
-        return None, None, f"id is missing or null (key {config.id_column!r})"
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-        return None, None, f"id is a {type(doc_id).__name__}, not a string or integer"
+    doc_id, error = _row_id(row, config.id_column)
+    if error:
+        return None, None, error
     text = row.get(config.text_column)
     error = _check_text(text)
-    return str(doc_id), (text if error is None else None), error
+    return (None if doc_id is None else str(doc_id)), (text if error is None else None), error
 
 
 def _read_jsonl(fs, piece: Piece, config: InputConfig) -> pa.Table:

@@ -1,0 +1,119 @@
+"""What every training job shares around its loop: the TorchTrainer built from the YAML, checkpoint
+report/restore through Ray Train, metrics (JSONL + TensorBoard) and cross-worker sums."""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train.torch import TorchTrainer
+
+from raylib.config import CheckpointConfig, ConfigError, ScalingConfig
+from raylib.train.engine import TrainEngine
+
+
+def report(metrics: dict, engine: TrainEngine, progress: dict, save: bool) -> None:
+    """ray.train.report the step's metrics; when `save`, every rank adds its part of a checkpoint."""
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        engine.save(Path(directory), progress)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def restore(engine: TrainEngine) -> dict:
+    """Load this run's latest checkpoint, if any, into the engine; returns its progress record ({} if none)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as directory:
+        return engine.load(Path(directory))
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over all workers (the values themselves outside a process group)."""
+    if not dist.is_initialized():
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def run_dir(checkpoint: CheckpointConfig) -> Path | None:
+    """The run's local directory (where Ray Train keeps its checkpoints); None for object storage."""
+    if "://" in checkpoint.storage_path:
+        return None
+    return Path(checkpoint.storage_path) / checkpoint.name
+
+
+class MetricsLog:
+    """Rank 0 appends each step's metrics to <run dir>/metrics.jsonl and TensorBoard event files in
+    <run dir>/tensorboard (local storage; on object storage the metrics go through ray.train.report only)."""
+
+    def __init__(self, checkpoint: CheckpointConfig):
+        self.path, self.board = None, None
+        directory = run_dir(checkpoint)
+        if ray.train.get_context().get_world_rank() == 0 and directory is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / "metrics.jsonl"
+            self.board = SummaryWriter(str(directory / "tensorboard"))
+
+    def write(self, metrics: dict) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as log:
+            log.write(json.dumps(metrics) + "\n")
+        for name, value in metrics.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self.board.add_scalar(f"train/{name}", value, metrics["step"])
+        self.board.flush()
+
+
+def set_threads(scaling: ScalingConfig) -> None:
+    """Torch intra-op threads of this worker, from the YAML (default: its CPUs rounded up)."""
+    threads = scaling.threads_per_worker or math.ceil(scaling.cpus_per_worker)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def check_room_for_data(scaling: ScalingConfig) -> None:
+    """On embedded Ray, refuse worker CPU requests that leave Ray Data no CPU to read with (the run would
+    wait forever); a cluster may autoscale to fit."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    wanted = scaling.num_workers * scaling.cpus_per_worker
+    if wanted + scaling.data_cpus > total:
+        raise ConfigError(
+            f"scaling: {scaling.num_workers} workers x {scaling.cpus_per_worker} CPUs + data_cpus "
+            f"{scaling.data_cpus} is more than this machine's {total:g} CPUs; lower scaling.cpus_per_worker "
+            "or scaling.num_workers"
+        )
+
+
+def build_trainer(loop, loop_config: dict, scaling: ScalingConfig, checkpoint: CheckpointConfig,
+                  datasets: dict) -> TorchTrainer:
+    """A TorchTrainer whose workers, storage, checkpoint retention and failure budget come from the YAML."""
+    directory = run_dir(checkpoint)
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=checkpoint.name,
+            storage_path=checkpoint.storage_path if directory is None else str(directory.parent),
+            failure_config=ray.train.FailureConfig(max_failures=checkpoint.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.keep),
+        ),
+        datasets=datasets,
+    )

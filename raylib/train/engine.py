@@ -1,0 +1,153 @@
+"""One worker's model, optimizer and schedule behind one interface for DDP and DeepSpeed ZeRO: accumulate
+micro-batch losses, take optimizer steps, save and load checkpoints.
+
+A checkpoint directory holds `model/` (rank 0, `save_pretrained` with safetensors, so `from_pretrained` opens
+it) and the training state: `training_state.pt` (DDP) or `deepspeed/` (ZeRO shards written by every rank),
+plus `progress.json` with the step and data position.
+"""
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from raylib.config import OptimConfig, StrategyConfig
+
+STATE_FILE = "training_state.pt"
+PROGRESS_FILE = "progress.json"
+DEEPSPEED_DIR = "deepspeed"
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig):
+    """AdamW (no decay on biases and norms) and a linear warm-up / linear decay schedule."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=optim.lr, betas=optim.betas, eps=optim.eps,
+    )
+
+    def factor(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        return max(0.0, (optim.max_steps - step) / max(1, optim.max_steps - optim.warmup_steps))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def deepspeed_config(optim: OptimConfig, strategy: StrategyConfig, micro_batch: int, bf16: bool) -> dict:
+    """The DeepSpeed JSON config our YAML sections imply (clipping and accumulation done by the engine)."""
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "gradient_clipping": optim.max_grad_norm,
+        "zero_optimization": {"stage": strategy.zero_stage},
+        "bf16": {"enabled": bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+    }
+
+
+class TrainEngine:
+    """Wraps a model for data-parallel training with the strategy of the YAML.
+
+    `accumulate(loss)` once per micro-batch; `finish_step()` after `optim.grad_accum` of them applies the
+    update and returns the gradient norm. With DDP, bf16 means autocast over fp32 weights; with DeepSpeed it
+    means DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the optimizer).
+    """
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategyConfig, micro_batch: int,
+                 bf16: bool):
+        import ray.train.torch
+
+        self.optim, self.strategy, self.bf16 = optim, strategy, bf16
+        self.device = ray.train.torch.get_device()
+        self.module = model
+        self._micro = 0
+        optimizer, scheduler = build_optimizer(model, optim)
+        if strategy.kind == "deepspeed":
+            if self.device.type == "cpu":
+                os.environ.setdefault("DS_ACCELERATOR", "cpu")
+            import deepspeed
+
+            self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                config=deepspeed_config(optim, strategy, micro_batch, bf16),
+            )
+        else:
+            self.optimizer, self.scheduler = optimizer, scheduler
+            self.model = ray.train.torch.prepare_model(model)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def autocast(self):
+        """The forward-pass context: autocast to bf16 for DDP; DeepSpeed's bf16 weights need none."""
+        if self.bf16 and self.strategy.kind == "ddp":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def accumulate(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss (gradients are synchronised on the step's last micro-batch)."""
+        self._micro += 1
+        if self.strategy.kind == "deepspeed":
+            self.model.backward(loss)
+            self.model.step()  # applies the update only at the accumulation boundary
+            return
+        last = self._micro == self.optim.grad_accum
+        sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else contextlib.nullcontext()
+        with sync:
+            (loss / self.optim.grad_accum).backward()
+
+    def finish_step(self) -> float:
+        """Apply the accumulated update; returns the gradient norm before clipping."""
+        if self._micro != self.optim.grad_accum:
+            raise RuntimeError(f"finish_step after {self._micro} micro-batches; optim.grad_accum is {self.optim.grad_accum}")
+        self._micro = 0
+        if self.strategy.kind == "deepspeed":
+            norm = self.model.get_global_grad_norm()
+            return float("nan") if norm is None else float(norm)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _full_state_dict(self) -> dict | None:
+        """Every parameter in fp32 on rank 0 (ZeRO-3 gathers them: every rank must call this)."""
+        if self.strategy.kind == "deepspeed" and self.strategy.zero_stage == 3:
+            state = self.model._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.module.state_dict()
+        if dist.is_initialized() and dist.get_rank() != 0:
+            return None
+        return {name: tensor.detach().float().cpu() for name, tensor in state.items()}
+
+    def save(self, directory: Path, progress: dict) -> None:
+        """Write this rank's part of a checkpoint into `directory` (every rank calls it)."""
+        state = self._full_state_dict()
+        rank0 = not dist.is_initialized() or dist.get_rank() == 0
+        if self.strategy.kind == "deepspeed":
+            self.model.save_checkpoint(str(directory / DEEPSPEED_DIR), tag="state")
+        elif rank0:
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       directory / STATE_FILE)
+        if rank0:
+            self.module.save_pretrained(directory / "model", state_dict=state, safe_serialization=True)
+            (directory / PROGRESS_FILE).write_text(json.dumps(progress))
+
+    def load(self, directory: Path) -> dict:
+        """Restore model, optimizer and schedule from a checkpoint directory; returns its progress record."""
+        if self.strategy.kind == "deepspeed":
+            self.model.load_checkpoint(str(directory / DEEPSPEED_DIR), tag="state", load_lr_scheduler_states=True)
+        else:
+            restored = type(self.module).from_pretrained(directory / "model")
+            self.module.load_state_dict(restored.state_dict())
+            state = torch.load(directory / STATE_FILE, weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        return json.loads((directory / PROGRESS_FILE).read_text())
