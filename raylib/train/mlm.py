@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import ray.train
+from huggingface_hub.errors import StrictDataclassError
 import torch
 from transformers import AutoTokenizer
 
@@ -24,8 +25,9 @@ def architecture(config: MlmJobConfig) -> NomicBertConfig:
     """The model config from the YAML's `architecture`, or ConfigError naming what is wrong."""
     try:
         model_config = NomicBertConfig(**config.architecture)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"architecture: {str(exc).strip().splitlines()[-1].strip()}") from None
+    except (TypeError, ValueError, StrictDataclassError) as exc:  # the last line is the validator's own message
+        message = str(exc).strip().splitlines()[-1].strip().removeprefix("ValueError: ")
+        raise ConfigError(f"architecture: {message}") from None
     if config.seq_len > model_config.n_positions:
         raise ConfigError(f"seq_len: {config.seq_len} is longer than architecture.n_positions "
                           f"({model_config.n_positions}); lower seq_len")

@@ -1,0 +1,183 @@
+"""MLM pretraining on the session's local Ray: 2 DDP workers on real text, a worker SIGKILLed mid-run, the
+DeepSpeed ZeRO-2 path, masking/packing rules and bad configs."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from raylib.config import MlmJobConfig, job_main
+from raylib.data.mlm import mask_tokens, pack_windows
+from raylib.models.embedder import resolve_model_path
+from raylib.train.mlm import run_mlm
+from tests.conftest import write_jsonl
+
+BAD_ROWS = [{"text": None}, {"text": ""}, {"body": "no text key"}]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, documents) -> Path:
+    """Real text in two jsonl shards without ids, three bad rows first."""
+    directory = tmp_path_factory.mktemp("mlm-corpus")
+    texts = [{"text": doc["text"]} for doc in documents[:400]]
+    write_jsonl(directory / "part-0.jsonl", BAD_ROWS + texts[:200])
+    write_jsonl(directory / "part-1.jsonl", texts[200:])
+    return directory
+
+
+def job(corpus: Path, storage: Path, name: str, **sections) -> MlmJobConfig:
+    """A tiny nomic-bert job: 2 layers of width 64, windows of 64 tokens, 2 workers of one thread."""
+    config = {
+        "data": {"path": str(corpus), "id_column": None},
+        "architecture": {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 256, "max_trained_positions": 64},
+        "seq_len": 64,
+        "batch_size": 8,
+        "precision": "fp32",
+        "optim": {"lr": 2e-3, "warmup_steps": 3, "max_steps": 30},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 0.75, "threads_per_worker": 1},
+        "checkpoint": {"storage_path": str(storage), "name": name, "every_steps": 10, "max_failures": 2},
+    }
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return MlmJobConfig.model_validate(config)
+
+
+def logged(storage: Path, name: str) -> list[dict]:
+    path = storage / name / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def mlm_loss(model, input_ids: torch.Tensor, generator_seed: int = 0) -> float:
+    """MLM loss of `model` on windows masked with a fixed seed."""
+    masked, labels = mask_tokens(input_ids, 0.3, 103, 30522, [101, 102, 0], torch.Generator().manual_seed(generator_seed))
+    with torch.no_grad():
+        return float(model(input_ids=masked, labels=labels).loss)
+
+
+def test_pack_windows_keeps_every_token_in_order():
+    documents = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    windows = list(pack_windows(documents, seq_len=6, cls_id=1, sep_id=2))
+    assert windows == [[1, 5, 6, 7, 2, 2], [1, 8, 2, 9, 10, 2], [1, 11, 12, 13, 2, 2]]
+
+
+def test_masking_rates_and_special_tokens():
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, 2000, (64, 512))
+    input_ids[:, 0], input_ids[:, -1] = 101, 102
+    masked, labels = mask_tokens(input_ids, 0.3, 103, 30522, [101, 102, 0], generator)
+    picked = labels != -100
+    assert not picked[:, 0].any() and not picked[:, -1].any()  # [CLS]/[SEP] never picked
+    assert torch.equal(labels[picked], input_ids[picked])
+    assert abs(picked.float().mean().item() * 512 / 510 - 0.3) < 0.01
+    to_mask = (masked[picked] == 103).float().mean().item()
+    kept = (masked[picked] == input_ids[picked]).float().mean().item()
+    assert abs(to_mask - 0.8) < 0.01 and abs(kept - 0.1) < 0.01  # the rest (~10%) are random tokens
+    assert torch.equal(masked[~picked], input_ids[~picked])
+
+
+def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tmp_path, documents):
+    result = run_mlm(job(corpus, tmp_path, "ddp"))
+    rows = logged(tmp_path, "ddp")
+    assert [row["step"] for row in rows] == list(range(1, 31))
+    losses = [row["loss"] for row in rows]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
+    assert rows[-1]["lr"] == 0.0 and all(row["grad_norm"] > 0 and row["tokens_per_s"] > 0 for row in rows)
+    assert rows[-1]["bad_rows"] >= len(BAD_ROWS)  # reported, not silently dropped
+    assert rows[-1]["epoch"] >= 1  # the corpus is shorter than the run: workers started a new epoch together
+
+    events = EventAccumulator(str(tmp_path / "ddp" / "tensorboard"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(1, 31))
+
+    trained = AutoModelForMaskedLM.from_pretrained(Path(result.checkpoint.path) / "model").eval()
+    assert type(trained).__name__ == "NomicBertForMaskedLM" and trained.config.n_layer == 2
+    fresh = type(trained)(trained.config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled"))
+    text = " ".join(doc["text"] for doc in documents[500:540])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    held_out = torch.tensor([[101, *ids[i:i + 62], 102] for i in range(0, 62 * 16, 62)])
+    assert mlm_loss(trained, held_out) < mlm_loss(fresh, held_out) - 1.0
+
+
+def train_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_session, corpus, tmp_path):
+    config = job(corpus, tmp_path, "killed", precision="bf16", batch_size=4,
+                 optim={"max_steps": 20}, checkpoint={"every_steps": 5})
+    outcome = {}
+    training = threading.Thread(target=lambda: outcome.update(result=run_mlm(config)))
+    training.start()
+    deadline = time.monotonic() + 300
+    while not any(row["step"] >= 7 for row in logged(tmp_path, "killed")):
+        assert time.monotonic() < deadline and training.is_alive(), "training never reached step 7"
+        time.sleep(0.1)
+    killed_at = logged(tmp_path, "killed")[-1]["step"]
+    victim = max(train_worker_pids())
+    os.kill(victim, signal.SIGKILL)
+    training.join(timeout=600)
+
+    assert outcome["result"].error is None
+    steps = [row["step"] for row in logged(tmp_path, "killed")]
+    restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(restarts) == 1, steps
+    resumed_at = steps[restarts[0]]
+    assert resumed_at > 1 and (resumed_at - 1) % 5 == 0 and resumed_at <= killed_at + 1, (steps, killed_at)
+    assert steps[-1] == 20
+    progress = json.loads((Path(outcome["result"].checkpoint.path) / "progress.json").read_text())
+    assert progress["step"] == 20
+
+
+def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
+    strategy = {"kind": "deepspeed", "zero_stage": 2}
+    first = run_mlm(job(corpus, tmp_path, "zero2", precision="bf16", strategy=strategy, batch_size=4,
+                        optim={"max_steps": 4, "grad_accum": 2}, checkpoint={"every_steps": 2}))
+    shards = sorted(path.name for path in (Path(first.checkpoint.path) / "deepspeed" / "state").iterdir())
+    assert [name for name in shards if "optim_states" in name] == [
+        "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    model = AutoModelForMaskedLM.from_pretrained(Path(first.checkpoint.path) / "model")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # The same run name again with more steps continues from the saved ZeRO state.
+    second = run_mlm(job(corpus, tmp_path, "zero2", precision="bf16", strategy=strategy, batch_size=4,
+                         optim={"max_steps": 6, "grad_accum": 2}, checkpoint={"every_steps": 2}))
+    steps = [row["step"] for row in logged(tmp_path, "zero2")]
+    assert steps == [1, 2, 3, 4, 5, 6] and second.metrics["step"] == 6
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"architecture": {"n_embd": 100, "n_head": 3}}, "architecture: nomic_bert config: n_embd (100) must be divisible by n_head (3)"),
+        ({"seq_len": 9000}, "seq_len: 9000 is longer than architecture.n_positions"),
+        ({"data": {"path": "/nonexistent/texts"}}, "input.path: /nonexistent/texts does not exist"),
+        ({"tokenizer": "/tmp"}, "tokenizer: /tmp has no tokenizer_config.json"),
+        ({"strategy": {"kind": "fsdp"}}, "strategy.kind"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, capsys, change, message):
+    config = job(tmp_path, tmp_path / "runs", "bad").model_dump()
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(config[key], dict) else value
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    assert job_main("mlm", MlmJobConfig, run_mlm, ["--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "config error" in error and message in error, error
+    assert not (tmp_path / "runs" / "bad").exists()
