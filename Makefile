@@ -26,6 +26,7 @@ test: install
 bench: install
 	$(BIN)/python bench/embed_throughput.py
 	$(BIN)/python bench/serve_load.py
+	$(BIN)/python bench/mlm_throughput.py
 
 clean:
 	rm -rf out examples/data

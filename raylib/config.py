@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 BUNDLED_MODEL = "bundled"
 
@@ -170,6 +170,38 @@ class MlmJobConfig(Strict):
     scaling: ScalingConfig = ScalingConfig()
     strategy: StrategyConfig = StrategyConfig()
     checkpoint: CheckpointConfig
+
+
+class EvalDataConfig(Strict):
+    """The retrieval set: a BEIR folder, or one of the sets built from the sample corpus."""
+
+    kind: Literal["beir", "docstrings", "long-docstrings"] = "beir"
+    path: str | None = None  # the BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv), kind beir only
+    split: str = "test"
+    limit: int | None = Field(None, gt=0)  # docstrings: first N query/document pairs
+
+    @model_validator(mode="after")
+    def _path_for_beir(self):
+        if self.kind == "beir" and not self.path:
+            raise ValueError("data.path is required for kind beir; give the BEIR folder")
+        return self
+
+
+class EvalModelConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@/-]*$")  # label in results and chart
+    model: EmbedderConfig = EmbedderConfig()
+
+
+class EvalJobConfig(Strict):
+    """Retrieval metrics of one or more models (or checkpoints), optionally at several context lengths."""
+
+    data: EvalDataConfig
+    models: list[EvalModelConfig] = Field(min_length=1)
+    max_lengths: list[PositiveInt] | None = None  # truncation lengths to compare; None: each model's own
+    search: Literal["auto", "exact", "faiss"] = "auto"  # auto: faiss when installed
+    pipeline_above: int = Field(50_000, gt=0)  # corpora with more documents go through the Ray Data pipeline
+    compute: ComputeConfig = ComputeConfig()  # the pipeline's actors, for large corpora
+    output: str  # directory for results.json and chart.png
 
 
 Schema = TypeVar("Schema", bound=BaseModel)

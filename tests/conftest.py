@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import ray
 
 from raylib.config import EmbedderConfig
 from raylib.data.sample_corpus import sample_documents
-from raylib.models.embedder import Embedder
+from raylib.models.embedder import Embedder, resolve_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,6 +36,14 @@ def documents() -> list[dict]:
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     return Embedder(EmbedderConfig())
+
+
+def copy_bundled_tokenizer(directory: Path) -> None:
+    """Put the bundled model's tokenizer (bert-base-uncased's) into a model directory."""
+    bundled = resolve_model_path("bundled")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (bundled / name).is_file():
+            shutil.copy(bundled / name, directory / name)
 
 
 def write_jsonl(path, rows) -> None:

@@ -2,7 +2,6 @@
 
 import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -12,9 +11,10 @@ from transformers import AutoModel
 
 from raylib.config import EmbedderConfig
 from raylib.models.attention import attention
-from raylib.models.embedder import Embedder, resolve_model_path
+from raylib.models.embedder import Embedder
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM, NomicBertModel
 from raylib.models.rotary import ntk_base
+from tests.conftest import copy_bundled_tokenizer
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, n_inner=256, max_trained_positions=64, n_positions=8192)
 
@@ -98,10 +98,7 @@ def nomic_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("nomic")
     (directory / "config.json").write_text(json.dumps(NOMIC_LAYOUT_CONFIG))
     save_file(nomic_layout_weights(NOMIC_LAYOUT_CONFIG), directory / "model.safetensors")
-    bundled = resolve_model_path("bundled")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (bundled / name).is_file():
-            shutil.copy(bundled / name, directory / name)
+    copy_bundled_tokenizer(directory)
     return directory
 
 
