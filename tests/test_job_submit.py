@@ -1,5 +1,7 @@
-"""The embed job through `ray job submit --working-dir .` against a `ray start --head` cluster of its own."""
+"""The embed and MLM jobs through `ray job submit --working-dir .` against a `ray start --head` cluster of its
+own."""
 
+import json
 import os
 import secrets
 import shutil
@@ -17,7 +19,7 @@ from raylib.runtime import free_port
 from tests.conftest import BIN, ROOT, write_jsonl
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head_node():
     """A head node on 127.0.0.1 with its own temp dir and ports; yields the dashboard address."""
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
@@ -56,10 +58,11 @@ def head_node():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(address: str, env: dict, config: Path) -> subprocess.CompletedProcess:
+def submit(address: str, env: dict, config: Path, job: str = "embed") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
-         "python", "jobs/embed.py", "--config", str(config)],
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+         "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--",
+         "python", f"jobs/{job}.py", "--config", str(config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
 
@@ -79,3 +82,21 @@ def test_embed_job_through_ray_job_submit(head_node, tmp_path, documents):
     failed = submit(address, env, config)
     assert "failed" in failed.stdout.lower(), failed.stdout + failed.stderr
     assert "input.path: /no/such/input does not exist" in failed.stdout + failed.stderr
+
+
+def test_training_job_through_ray_job_submit(head_node, tmp_path, documents):
+    address, env = head_node
+    write_jsonl(tmp_path / "in" / "docs.jsonl", [{"text": doc["text"]} for doc in documents[:200]])
+    config = tmp_path / "mlm.yaml"
+    config.write_text(json.dumps({
+        "data": {"path": str(tmp_path / "in"), "id_column": None},
+        "architecture": {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 256, "max_trained_positions": 64},
+        "seq_len": 64, "batch_size": 4, "precision": "fp32", "optim": {"max_steps": 6},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 0.75, "threads_per_worker": 1},
+        "checkpoint": {"storage_path": str(tmp_path / "runs"), "name": "submitted", "every_steps": 3},
+    }))
+    done = submit(address, env, config, job="pretrain_mlm")
+    assert "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "pretrained steps=6" in done.stdout
+    models = sorted((tmp_path / "runs" / "submitted").glob("checkpoint_*/model/model.safetensors"))
+    assert len(models) == 2
