@@ -1,0 +1,42 @@
+"""GradCache (Gao et al., 2021): a contrastive step over a batch too large to hold activations for at once.
+
+1. embed every chunk without autograd (remembering each chunk's random state), 2. compute the loss on the
+detached vectors and take its gradient with respect to them, 3. re-embed each chunk with autograd (same random
+state, so dropout matches) and back-propagate the cached vector gradient. Parameter gradients equal those of
+the plain step; activation memory is that of one chunk.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def _embed_without_grad(encode: Callable, chunks: Sequence) -> tuple[torch.Tensor, list]:
+    states, vectors = [], []
+    for chunk in chunks:
+        states.append(torch.get_rng_state())
+        with torch.no_grad():
+            vectors.append(encode(chunk))
+    return torch.cat(vectors), states
+
+
+def grad_cache_step(encode: Callable, inputs: Sequence[Sequence], loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    """Back-propagate loss_fn(vectors of inputs[0], vectors of inputs[1], ...) through `encode`, chunk by chunk.
+
+    inputs: one sequence of chunks per loss argument (e.g. query chunks, document chunks); encode(chunk) returns
+    (rows, d). Returns the detached loss; parameter .grad holds its gradient.
+    """
+    cached = [_embed_without_grad(encode, chunks) for chunks in inputs]
+    leaves = [vectors.requires_grad_() for vectors, _ in cached]
+    loss = loss_fn(*leaves)
+    loss.backward()
+    for chunks, (vectors, states), leaf in zip(inputs, cached, leaves):
+        start = 0
+        for chunk, state in zip(chunks, states):
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(state)
+                chunk_vectors = encode(chunk)
+            rows = chunk_vectors.shape[0]
+            chunk_vectors.backward(leaf.grad[start:start + rows])
+            start += rows
+    return loss.detach()
