@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from raylib.models.bidirectional import make_bidirectional
 from raylib.models.latent_attention import LatentAttentionPooling
 from raylib.runtime import free_port
 from raylib.train.grad_cache import grad_cache_step
@@ -123,3 +124,32 @@ def test_latent_attention_pooling_ignores_masked_tokens_and_trains():
     assert pooling.latents.grad is not None and pooling.latents.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="divisible"):
         LatentAttentionPooling(hidden_size=30, num_heads=4)
+
+
+@pytest.mark.parametrize("family", ["mistral", "llama", "qwen2"])
+def test_decoders_become_bidirectional_and_keep_padding(family):
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family, vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = AutoModel.from_config(config).eval()
+    tokens = torch.randint(0, 100, (2, 8))
+    last_changed = tokens.clone()
+    last_changed[:, -1] = (last_changed[:, -1] + 1) % 100
+    full = torch.ones(2, 8, dtype=torch.long)
+
+    def first_token(ids, mask):
+        with torch.no_grad():
+            return model(ids, attention_mask=mask).last_hidden_state[:, 0]
+
+    assert torch.allclose(first_token(tokens, full), first_token(last_changed, full))  # causal: cannot see ahead
+    make_bidirectional(model)
+    assert not torch.allclose(first_token(tokens, full), first_token(last_changed, full))
+    padded = full.clone()
+    padded[:, -2:] = 0
+    other_padding = tokens.clone()
+    other_padding[:, -2:] = 7
+    with torch.no_grad():
+        kept = model(tokens, attention_mask=padded).last_hidden_state[:, :6]
+        assert torch.allclose(kept, model(other_padding, attention_mask=padded).last_hidden_state[:, :6], atol=1e-5)
