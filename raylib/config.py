@@ -172,6 +172,15 @@ class MlmJobConfig(Strict):
     checkpoint: CheckpointConfig
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (peft) on the backbone's linear layers named in target_modules."""
+
+    rank: int = Field(16, gt=0)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+
+
 class EvalDataConfig(Strict):
     """The retrieval set: a BEIR folder, or one of the sets built from the sample corpus."""
 

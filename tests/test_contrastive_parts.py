@@ -153,3 +153,33 @@ def test_decoders_become_bidirectional_and_keep_padding(family):
     with torch.no_grad():
         kept = model(tokens, attention_mask=padded).last_hidden_state[:, :6]
         assert torch.allclose(kept, model(other_padding, attention_mask=padded).last_hidden_state[:, :6], atol=1e-5)
+
+
+def test_lora_trains_only_adapters_and_pooling_and_merges_to_the_same_outputs():
+    from transformers import AutoConfig, AutoModel
+
+    from raylib.config import LoraConfig
+    from raylib.models.lora import apply_lora, merged
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("mistral", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    backbone = make_bidirectional(AutoModel.from_config(config))
+    adapted = apply_lora(backbone, LoraConfig(rank=4, alpha=8))
+    pooling = LatentAttentionPooling(hidden_size=32, num_latents=4, num_heads=4)
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
+    assert all(any(f".{target}.lora_" in name for name in trainable) for target in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert all(p.requires_grad for p in pooling.parameters())
+
+    tokens, mask = torch.randint(0, 100, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    for layer in adapted.modules():  # move the adapters off zero so merging has something to fold in
+        if hasattr(layer, "lora_B"):
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
+    adapted.eval()
+    with torch.no_grad():
+        before = pooling(adapted(tokens, attention_mask=mask).last_hidden_state, mask)
+        plain = merged(adapted)
+        after = pooling(plain(tokens, attention_mask=mask).last_hidden_state, mask)
+    assert not any("lora" in name for name, _ in plain.named_parameters())
+    assert torch.allclose(before, after, atol=1e-5)
