@@ -181,6 +181,41 @@ class LoraConfig(Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
+class PairsDatasetConfig(Strict):
+    """One training dataset of (query, document, hard negatives) rows; batches never mix datasets."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: str  # parquet or jsonl files, local or s3:// / gs://
+    format: Literal["parquet", "jsonl"] = "jsonl"
+    weight: float = Field(1.0, gt=0)  # share of steps drawn from this dataset
+    query_column: str = "query"
+    document_column: str = "document"
+    negatives_column: str = "negatives"  # a list of texts; needed when hard_negatives > 0
+    query_prefix: str | None = None  # None: the model's own (e.g. "search_query: " or an instruction)
+    document_prefix: str | None = None
+
+
+class ContrastiveJobConfig(Strict):
+    """Bi-encoder training with InfoNCE: in-batch negatives from every worker plus hard negatives."""
+
+    model: EmbedderConfig = EmbedderConfig()  # the starting model; pooling, prefixes and max_length apply
+    datasets: list[PairsDatasetConfig] = Field(min_length=1)
+    batch_size: int = Field(16, gt=0)  # queries per worker per step
+    hard_negatives: int = Field(0, ge=0)  # per query, taken from the negatives column
+    in_batch_negatives: bool = True  # false: each query sees only its own positive and hard negatives
+    symmetric: bool = False  # add the document -> query term
+    temperature: float = Field(0.05, gt=0)
+    learnable_temperature: bool = False
+    matryoshka_dimensions: list[PositiveInt] | None = None
+    grad_cache_chunk: int | None = Field(None, gt=0)  # embed in chunks of this many texts (GradCache)
+    precision: Literal["bf16", "fp32"] = "fp32"
+    seed: int = 0
+    optim: OptimConfig
+    scaling: ScalingConfig = ScalingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    checkpoint: CheckpointConfig
+
+
 class EvalDataConfig(Strict):
     """The retrieval set: a BEIR folder, or one of the sets built from the sample corpus."""
 

@@ -14,7 +14,7 @@ from datasets import Dataset
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from raylib.config import ConfigError, EmbedderConfig
+from raylib.config import ComputeConfig, ConfigError, EmbedderConfig
 from raylib.eval.beir import RetrievalSet, load_beir, write_beir
 from raylib.eval.long_context import evaluate_lengths
 from raylib.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k, score_rankings
@@ -99,7 +99,8 @@ def test_bundled_model_retrieves_docstrings(bundled_scores, small_set):
 
 
 def test_large_corpus_path_through_the_ray_data_pipeline_scores_the_same(ray_session, small_set, bundled_scores):
-    through_pipeline = evaluate(small_set, EmbedderConfig(), pipeline_above=1, search="exact")
+    compute = ComputeConfig(actors=1, cpus_per_actor=1)
+    through_pipeline = evaluate(small_set, EmbedderConfig(), pipeline_above=1, search="exact", compute=compute)
     for name, value in bundled_scores.items():
         assert through_pipeline[name] == pytest.approx(value, abs=1e-3), name
 

@@ -79,3 +79,14 @@ def long_context_set(min_chars: int = 12_000, max_docs: int = 40, queries_per_do
         if len(corpus) == max_docs:
             break
     return RetrievalSet(corpus=corpus, queries=queries, qrels=qrels), depth
+
+
+def docstring_training_rows(limit: int | None = None, negatives: int = 1) -> list[dict]:
+    """Training rows {query, document, negatives} from the train split: the negatives are bodies of the
+    docstrings next to it in the same source listing (similar topic, different answer)."""
+    pairs = docstring_pairs("train")
+    rows = []
+    for index, (_, summary, body) in enumerate(pairs[:limit]):
+        neighbours = [pairs[(index + offset) % len(pairs)][2] for offset in range(1, negatives + 1)]
+        rows.append({"query": summary, "document": body, "negatives": neighbours})
+    return rows

@@ -145,6 +145,17 @@ class PromptTokenizer:
         return encoded["input_ids"]
 
 
+def pad_token_ids(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), right-padded to the longest sequence."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 class Embedder:
     """Turns texts (or token ids) into embedding vectors with one encoder on one device."""
 
@@ -161,12 +172,7 @@ class Embedder:
     @torch.inference_mode()
     def embed_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed one batch of token id sequences (padded here to the longest) as float32 (rows, dimensions)."""
-        longest = max(len(ids) for ids in token_ids)
-        input_ids = torch.full((len(token_ids), longest), self.tokenize.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
-        for row, ids in enumerate(token_ids):
-            input_ids[row, : len(ids)] = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = pad_token_ids(token_ids, self.tokenize.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         vectors = pool(hidden, attention_mask, self.spec.pooling)[:, : self.dimensions]

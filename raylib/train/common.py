@@ -35,6 +35,40 @@ def restore(engine: TrainEngine) -> dict:
         return engine.load(Path(directory))
 
 
+class SyncedStream:
+    """Items from `epoch_items()` (a fresh iterator per epoch), `count` at a time. An epoch ends for every
+    worker when the first one runs out, so all workers take the same number of steps; `epoch` and
+    `taken_in_epoch` are the data position a checkpoint records."""
+
+    def __init__(self, epoch_items, epoch: int = 0, skip: int = 0):
+        self.epoch_items, self.epoch, self.taken_in_epoch = epoch_items, epoch, 0
+        self._start(skip)
+
+    def _start(self, skip: int) -> None:
+        self._iterator = self.epoch_items()
+        for _ in range(skip):
+            self._next()
+
+    def _next(self):
+        item = next(self._iterator, None)
+        if item is not None:
+            self.taken_in_epoch += 1
+        return item
+
+    def take(self, count: int) -> list:
+        """The next `count` items, starting a new epoch on every worker when any one runs out."""
+        items = [self._next() for _ in range(count)]
+        if all_sum([float(any(item is None for item in items))])[0] == 0:
+            return items
+        self.epoch, self.taken_in_epoch = self.epoch + 1, 0
+        self._start(0)
+        items = [self._next() for _ in range(count)]
+        if all_sum([float(any(item is None for item in items))])[0] > 0:
+            raise RuntimeError("one epoch of a worker's data is shorter than one step; add data or lower the "
+                               "batch size or optim.grad_accum")
+        return items
+
+
 def all_sum(values: list[float]) -> list[float]:
     """Element-wise sum over all workers (the values themselves outside a process group)."""
     if not dist.is_initialized():

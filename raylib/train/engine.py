@@ -1,14 +1,15 @@
 """One worker's model, optimizer and schedule behind one interface for DDP and DeepSpeed ZeRO: accumulate
 micro-batch losses, take optimizer steps, save and load checkpoints.
 
-A checkpoint directory holds `model/` (rank 0, `save_pretrained` with safetensors, so `from_pretrained` opens
-it) and the training state: `training_state.pt` (DDP) or `deepspeed/` (ZeRO shards written by every rank),
-plus `progress.json` with the step and data position.
+A checkpoint directory holds `model/` (rank 0, the export: by default `save_pretrained` with safetensors, so
+`from_pretrained` opens it) and the training state: `training_state.pt` (DDP: weights, optimizer, schedule) or
+`deepspeed/` (ZeRO shards written by every rank), plus `progress.json` with the step and data position.
 """
 
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,6 +39,11 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def save_pretrained(module: torch.nn.Module, state: dict, directory: Path) -> None:
+    """The default export: a transformers model directory with safetensors weights."""
+    module.save_pretrained(directory, state_dict=state, safe_serialization=True)
+
+
 def deepspeed_config(optim: OptimConfig, strategy: StrategyConfig, micro_batch: int, bf16: bool) -> dict:
     """The DeepSpeed JSON config our YAML sections imply (clipping and accumulation done by the engine)."""
     return {
@@ -60,10 +66,11 @@ class TrainEngine:
     """
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategyConfig, micro_batch: int,
-                 bf16: bool):
+                 bf16: bool, export: Callable[[torch.nn.Module, dict, Path], None] | None = None):
         import ray.train.torch
 
         self.optim, self.strategy, self.bf16 = optim, strategy, bf16
+        self.export = export or save_pretrained
         self.device = ray.train.torch.get_device()
         self.module = model
         self._micro = 0
@@ -134,10 +141,10 @@ class TrainEngine:
         if self.strategy.kind == "deepspeed":
             self.model.save_checkpoint(str(directory / DEEPSPEED_DIR), tag="state")
         elif rank0:
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       directory / STATE_FILE)
+            torch.save({"model": state, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict()}, directory / STATE_FILE)
         if rank0:
-            self.module.save_pretrained(directory / "model", state_dict=state, safe_serialization=True)
+            self.export(self.module, state, directory / "model")
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
 
     def load(self, directory: Path) -> dict:
@@ -145,9 +152,8 @@ class TrainEngine:
         if self.strategy.kind == "deepspeed":
             self.model.load_checkpoint(str(directory / DEEPSPEED_DIR), tag="state", load_lr_scheduler_states=True)
         else:
-            restored = type(self.module).from_pretrained(directory / "model")
-            self.module.load_state_dict(restored.state_dict())
             state = torch.load(directory / STATE_FILE, weights_only=True)
+            self.module.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         return json.loads((directory / PROGRESS_FILE).read_text())

@@ -15,7 +15,16 @@ from raylib.data.mlm import mask_tokens, pack_windows, text_pieces, token_datase
 from raylib.models.embedder import resolve_model_path
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
 from raylib.runtime import init_ray
-from raylib.train.common import MetricsLog, all_sum, build_trainer, check_room_for_data, report, restore, set_threads
+from raylib.train.common import (
+    MetricsLog,
+    SyncedStream,
+    all_sum,
+    build_trainer,
+    check_room_for_data,
+    report,
+    restore,
+    set_threads,
+)
 from raylib.train.engine import TrainEngine
 
 logger = logging.getLogger(__name__)
@@ -45,17 +54,14 @@ def tokenizer_path(config: MlmJobConfig) -> str:
 
 
 class WindowStream:
-    """Micro-batches of packed windows (batch_size, seq_len) from this worker's dataset shard.
-
-    An epoch ends for every worker when the first one runs out (workers then start the next epoch together),
-    so all workers take the same number of steps. Bad input rows are counted and logged, never used.
-    """
+    """Micro-batches of packed windows (batch_size, seq_len) from this worker's dataset shard, in step with
+    the other workers (SyncedStream). Bad input rows are counted and logged, never used."""
 
     def __init__(self, shard, tokenizer, config: MlmJobConfig, epoch: int = 0, skip: int = 0):
         self.shard, self.config = shard, config
         self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-        self.epoch, self.batches_in_epoch, self.bad_rows = epoch, 0, 0
-        self._start(skip)
+        self.bad_rows = 0
+        self.batches = SyncedStream(self._batches, epoch, skip)
 
     def _tokens(self):
         for batch in self.shard.iter_batches(batch_size=64, batch_format="pyarrow"):
@@ -75,30 +81,6 @@ class WindowStream:
             if len(windows) == self.config.batch_size:
                 yield torch.tensor(windows)
                 windows = []
-
-    def _start(self, skip: int) -> None:
-        self._iterator = self._batches()
-        for _ in range(skip):
-            self._next()
-
-    def _next(self) -> torch.Tensor | None:
-        batch = next(self._iterator, None)
-        if batch is not None:
-            self.batches_in_epoch += 1
-        return batch
-
-    def take(self, count: int) -> list[torch.Tensor]:
-        """The next `count` micro-batches, starting a new epoch on every worker when any one runs out."""
-        batches = [self._next() for _ in range(count)]
-        if all_sum([float(any(batch is None for batch in batches))])[0] == 0:
-            return batches
-        self.epoch, self.batches_in_epoch = self.epoch + 1, 0
-        self._start(0)
-        batches = [self._next() for _ in range(count)]
-        if all_sum([float(any(batch is None for batch in batches))])[0] > 0:
-            raise RuntimeError("one epoch of a worker's data is shorter than one step; add data or lower "
-                               "batch_size, seq_len or optim.grad_accum")
-        return batches
 
 
 def step_flops_per_token(parameters: int, model_config: NomicBertConfig, seq_len: int) -> float:
@@ -127,7 +109,7 @@ def train_loop(loop_config: dict) -> None:
     engine.model.train()
     while step < config.optim.max_steps:
         started, loss_sum, tokens = time.perf_counter(), 0.0, 0
-        for batch in stream.take(config.optim.grad_accum):
+        for batch in stream.batches.take(config.optim.grad_accum):
             input_ids, labels = mask_tokens(batch, config.mask_probability, tokenizer.mask_token_id,
                                             len(tokenizer), special, generator)
             with engine.autocast():
@@ -140,14 +122,14 @@ def train_loop(loop_config: dict) -> None:
         seconds = time.perf_counter() - started
         loss_sum, tokens, bad_rows = all_sum([loss_sum, tokens, stream.bad_rows])
         workers = context.get_world_size()
-        metrics = {"step": step, "epoch": stream.epoch, "loss": loss_sum / (config.optim.grad_accum * workers),
+        metrics = {"step": step, "epoch": stream.batches.epoch, "loss": loss_sum / (config.optim.grad_accum * workers),
                    "lr": engine.lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds,
                    "bad_rows": int(bad_rows)}
         if config.scaling.peak_tflops_per_worker:
             metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / (config.scaling.peak_tflops_per_worker * 1e12 * workers)
         log.write(metrics)
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
-        progress = {"step": step, "epoch": stream.epoch, "batches_in_epoch": stream.batches_in_epoch}
+        progress = {"step": step, "epoch": stream.batches.epoch, "batches_in_epoch": stream.batches.taken_in_epoch}
         report(metrics, engine, progress, save)
 
 
