@@ -8,11 +8,19 @@ import yaml
 from ray.autoscaler._private.commands import prepare_config
 from ray.autoscaler._private.util import validate_config
 
-from raylib.config import EmbedJobConfig, EvalJobConfig, MlmJobConfig, ServeAppConfig, load_config
+from raylib.config import (
+    ContrastiveJobConfig,
+    EmbedJobConfig,
+    EvalJobConfig,
+    MlmJobConfig,
+    ServeAppConfig,
+    load_config,
+)
 from tests.conftest import ROOT
 
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml", "local.yaml"]
-JOB_SCHEMAS = {"embed": EmbedJobConfig, "pretrain_mlm": MlmJobConfig, "eval": EvalJobConfig}
+JOB_SCHEMAS = {"embed": EmbedJobConfig, "pretrain_mlm": MlmJobConfig, "eval": EvalJobConfig,
+               "train_contrastive": ContrastiveJobConfig}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
