@@ -194,10 +194,11 @@ def metric_total(text: str, name: str, **labels) -> float:
 
 def test_prometheus_metrics_count_requests_tokens_and_batches(client):
     port = ray.nodes()[0]["MetricsExportPort"]
-    deadline = time.monotonic() + 60
-    while True:  # Ray exports metrics every few seconds
+    deadline = time.monotonic() + 90
+    while True:  # Ray exports metrics every few seconds: wait until the concurrent test's 48 rows are counted
         text = scrape_metrics(port)
-        if metric_total(text, "ray_embeddings_requests_total", status="400") and "ray_embeddings_batch_rows" in text:
+        if (metric_total(text, "ray_embeddings_requests_total", status="400")
+                and metric_total(text, "ray_embeddings_batch_rows_sum") >= 48):
             break
         assert time.monotonic() < deadline, "embedding metrics never appeared"
         time.sleep(2)

@@ -59,8 +59,11 @@ def exporter(source: Path):
     """Writes a trained BiEncoder as a copy of the starting model directory (tokenizer, sentence-transformers
     modules and pooling) with the trained weights, so SentenceTransformer(path) and our Embedder open it."""
 
+    def skip_weights(folder: str, names: list[str]) -> list[str]:  # only the top level: 1_Pooling/config.json stays
+        return [name for name in names if Path(folder) == Path(source) and name in WEIGHT_FILES]
+
     def export(module: BiEncoder, state: dict, directory: Path) -> None:
-        shutil.copytree(source, directory, ignore=shutil.ignore_patterns(*WEIGHT_FILES), dirs_exist_ok=True)
+        shutil.copytree(source, directory, ignore=skip_weights, dirs_exist_ok=True)
         weights = {name.removeprefix("backbone."): tensor for name, tensor in state.items() if name.startswith("backbone.")}
         module.backbone.save_pretrained(directory, state_dict=weights, safe_serialization=True)
 
