@@ -5,7 +5,6 @@ long-context truncation lengths, and the eval job."""
 import json
 import math
 import subprocess
-import sys
 
 import mteb
 import numpy as np

@@ -26,7 +26,8 @@ def tokenize_text_piece(batch: pa.Table, input_config: dict, tokenizer_path: str
     texts = table.column("text").to_pylist()
     good = [row for row, error in enumerate(table.column("_error").to_pylist()) if error is None]
     token_ids: list = [None] * len(texts)
-    encoded = _tokenizer(tokenizer_path)([texts[row] for row in good], add_special_tokens=False, verbose=False)["input_ids"]
+    tokenizer = _tokenizer(tokenizer_path)
+    encoded = tokenizer([texts[row] for row in good], add_special_tokens=False, verbose=False)["input_ids"]
     for row, ids in zip(good, encoded):
         token_ids[row] = ids
     return pa.table({"input_ids": pa.array(token_ids, pa.list_(pa.int32())), "_error": table.column("_error"),

@@ -29,8 +29,9 @@ def check_pairs(batch: pa.Table, config: dict, hard_negatives: int) -> pa.Table:
     return pa.table({
         "query": pa.array([q if ok else None for q, ok in zip(columns["query"], keep)], pa.string()),
         "document": pa.array([d if ok else None for d, ok in zip(columns["document"], keep)], pa.string()),
-        "negatives": pa.array([list(n or [])[:hard_negatives] if ok else [] for n, ok in zip(columns["negatives"], keep)],
-                              pa.list_(pa.string())),
+        "negatives": pa.array(
+            [list(n or [])[:hard_negatives] if ok else [] for n, ok in zip(columns["negatives"], keep)],
+            pa.list_(pa.string())),
         "_error": pa.array(errors, pa.string()),
     })
 

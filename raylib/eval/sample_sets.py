@@ -50,7 +50,8 @@ def docstring_set(limit: int | None = None) -> RetrievalSet:
     )
 
 
-def long_context_set(min_chars: int = 12_000, max_docs: int = 40, queries_per_doc: int = 4) -> tuple[RetrievalSet, dict[str, int]]:
+def long_context_set(min_chars: int = 12_000, max_docs: int = 40,
+                     queries_per_doc: int = 4) -> tuple[RetrievalSet, dict[str, int]]:
     """(set, depth): long documents made of whole source files' docstrings, queries spread over each file;
     depth[query id] is the character offset where its answer starts in the document."""
     by_file: dict[str, list[tuple[int, str]]] = defaultdict(list)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 
-def top_k_exact(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def top_k_exact(queries: np.ndarray, corpus: np.ndarray, k: int,
+                chunk_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """(scores, indices), each (n_queries, min(k, n_corpus)), best first; `corpus` may be a memory map."""
     query_tensor = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     k = min(k, len(corpus))

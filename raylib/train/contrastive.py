@@ -64,7 +64,8 @@ def exporter(source: Path):
 
     def export(module: BiEncoder, state: dict, directory: Path) -> None:
         shutil.copytree(source, directory, ignore=skip_weights, dirs_exist_ok=True)
-        weights = {name.removeprefix("backbone."): tensor for name, tensor in state.items() if name.startswith("backbone.")}
+        weights = {name.removeprefix("backbone."): tensor for name, tensor in state.items()
+                   if name.startswith("backbone.")}
         module.backbone.save_pretrained(directory, state_dict=weights, safe_serialization=True)
 
     return export
@@ -133,8 +134,9 @@ def train_loop(loop_config: dict) -> None:
     spec = resolve_spec(config.model)
     tokenizers = dataset_tokenizers(config, spec)
     torch.manual_seed(config.seed)
-    engine = TrainEngine(BiEncoder(spec, config.temperature, config.learnable_temperature), config.optim,
-                         config.strategy, config.batch_size, config.precision == "bf16", export=exporter(spec.directory))
+    model = BiEncoder(spec, config.temperature, config.learnable_temperature)
+    engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision == "bf16",
+                         export=exporter(spec.directory))
     progress = restore(engine)
     step = progress.get("step", 0)
     streams = {

@@ -113,7 +113,8 @@ class TrainEngine:
     def finish_step(self) -> float:
         """Apply the accumulated update; returns the gradient norm before clipping."""
         if self._micro != self.optim.grad_accum:
-            raise RuntimeError(f"finish_step after {self._micro} micro-batches; optim.grad_accum is {self.optim.grad_accum}")
+            raise RuntimeError(
+                f"finish_step after {self._micro} micro-batches; optim.grad_accum is {self.optim.grad_accum}")
         self._micro = 0
         if self.strategy.kind == "deepspeed":
             norm = self.model.get_global_grad_norm()

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import ray.train
-from huggingface_hub.errors import StrictDataclassError
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
 from raylib.config import BUNDLED_MODEL, ConfigError, MlmJobConfig
@@ -126,7 +126,8 @@ def train_loop(loop_config: dict) -> None:
                    "lr": engine.lr, "grad_norm": grad_norm, "tokens_per_s": tokens / seconds,
                    "bad_rows": int(bad_rows)}
         if config.scaling.peak_tflops_per_worker:
-            metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / (config.scaling.peak_tflops_per_worker * 1e12 * workers)
+            peak = config.scaling.peak_tflops_per_worker * 1e12 * workers
+            metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / peak
         log.write(metrics)
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
         progress = {"step": step, "epoch": stream.batches.epoch, "batches_in_epoch": stream.batches.taken_in_epoch}
