@@ -207,7 +207,6 @@ class ContrastiveJobConfig(Strict):
     temperature: float = Field(0.05, gt=0)
     learnable_temperature: bool = False
     matryoshka_dimensions: list[PositiveInt] | None = None
-    grad_cache_chunk: int | None = Field(None, gt=0)  # embed in chunks of this many texts (GradCache)
     precision: Literal["bf16", "fp32"] = "fp32"
     seed: int = 0
     optim: OptimConfig
