@@ -27,6 +27,7 @@ bench: install
 	$(BIN)/python bench/embed_throughput.py
 	$(BIN)/python bench/serve_load.py
 	$(BIN)/python bench/mlm_throughput.py
+	$(BIN)/python bench/contrastive.py
 
 clean:
 	rm -rf out examples/data

@@ -27,13 +27,21 @@ class EmbedderConfig(Strict):
     """How to open an encoder and turn its hidden states into embeddings."""
 
     path: str = Field(BUNDLED_MODEL, description="model directory, or 'bundled' for all-MiniLM-L6-v2")
-    pooling: Literal["mean", "cls", "last"] | None = None  # None: from the model's own config, else mean
+    pooling: Literal["mean", "cls", "last", "latent"] | None = None  # None: the model's own, else mean
+    include_prompt: bool | None = None  # False: prefix/instruction tokens are left out of pooling (NV-Embed)
     normalize: bool | None = None  # None: from the model's own config, else True
     max_length: int | None = Field(None, gt=0)  # None: from the model's own config
     dimensions: int | None = Field(None, gt=0)  # Matryoshka truncation (re-normalised)
     query_prefix: str | None = None  # None: the model's own "query" prompt, if any
     document_prefix: str | None = None
     trust_remote_code: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """An existing local directory is made absolute where the config is read: workers run elsewhere."""
+        local = Path(value).expanduser()
+        return str(local.resolve()) if value != BUNDLED_MODEL and local.is_dir() else value
 
 
 class InputConfig(Strict):
@@ -181,6 +189,14 @@ class LoraConfig(Strict):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
+class LatentAttentionConfig(Strict):
+    """NV-Embed's latent-attention pooling head, created when model.pooling is latent and the model has none."""
+
+    latents: int = Field(512, gt=0)
+    heads: int = Field(8, gt=0)
+    mlp_ratio: int = Field(4, gt=0)
+
+
 class PairsDatasetConfig(Strict):
     """One training dataset of (query, document, hard negatives) rows; batches never mix datasets."""
 
@@ -191,8 +207,26 @@ class PairsDatasetConfig(Strict):
     query_column: str = "query"
     document_column: str = "document"
     negatives_column: str = "negatives"  # a list of texts; needed when hard_negatives > 0
-    query_prefix: str | None = None  # None: the model's own (e.g. "search_query: " or an instruction)
+    query_prefix: str | None = None  # None: the model's own (e.g. "search_query: ")
     document_prefix: str | None = None
+    instruction: str | None = None  # NV-Embed: queries get instruction_template with this task description
+
+    @model_validator(mode="after")
+    def _one_query_prompt(self):
+        if self.instruction is not None and self.query_prefix is not None:
+            raise ValueError(f"dataset {self.name} sets both query_prefix and instruction; keep one")
+        return self
+
+
+class StageConfig(Strict):
+    """One stage of a multi-stage run (NV-Embed: 1 retrieval with in-batch negatives, 2 a blend of tasks with
+    hard negatives only); the stages run one after the other in one run, with one optimizer and schedule."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    steps: int = Field(gt=0)
+    datasets: list[str] = Field(min_length=1)  # names from the top-level datasets
+    hard_negatives: int = Field(0, ge=0)
+    in_batch_negatives: bool = True
 
 
 class ContrastiveJobConfig(Strict):
@@ -201,9 +235,15 @@ class ContrastiveJobConfig(Strict):
     model: EmbedderConfig = EmbedderConfig()  # the starting model; pooling, prefixes and max_length apply
     datasets: list[PairsDatasetConfig] = Field(min_length=1)
     batch_size: int = Field(16, gt=0)  # queries per worker per step
-    hard_negatives: int = Field(0, ge=0)  # per query, taken from the negatives column
+    hard_negatives: int = Field(0, ge=0)  # per query, taken from the negatives column (when no stages)
     in_batch_negatives: bool = True  # false: each query sees only its own positive and hard negatives
+    stages: list[StageConfig] | None = None  # None: one stage over every dataset with the two keys above
     symmetric: bool = False  # add the document -> query term
+    bidirectional: bool = False  # decoder LLMs: remove the causal mask (NV-Embed)
+    latent_attention: LatentAttentionConfig = LatentAttentionConfig()  # used when model.pooling is latent
+    lora: LoraConfig | None = None  # None: every backbone weight trains
+    instruction_template: str = "Instruct: {instruction}\nQuery: "  # for datasets with an instruction
+    grad_cache_chunk: int | None = Field(None, gt=0)  # GradCache: rows per forward pass; None: whole batch
     temperature: float = Field(0.05, gt=0)
     learnable_temperature: bool = False
     matryoshka_dimensions: list[PositiveInt] | None = None
@@ -213,6 +253,84 @@ class ContrastiveJobConfig(Strict):
     scaling: ScalingConfig = ScalingConfig()
     strategy: StrategyConfig = StrategyConfig()
     checkpoint: CheckpointConfig
+
+    @model_validator(mode="after")
+    def _stages_fit(self):
+        names = {dataset.name for dataset in self.datasets}
+        if len(names) != len(self.datasets):
+            raise ValueError("datasets: two datasets share a name; give each its own")
+        if "{instruction}" not in self.instruction_template:
+            raise ValueError("instruction_template: must contain {instruction}")
+        if self.grad_cache_chunk and self.strategy.kind != "ddp":
+            raise ValueError("grad_cache_chunk: GradCache runs with strategy.kind ddp; remove one of them")
+        if self.grad_cache_chunk and self.learnable_temperature:
+            raise ValueError("grad_cache_chunk: GradCache needs a fixed temperature; set learnable_temperature: false")
+        for stage in self.stages or []:
+            unknown = sorted(set(stage.datasets) - names)
+            if unknown:
+                raise ValueError(f"stages.{stage.name}.datasets: {unknown} are not in datasets; use {sorted(names)}")
+        if self.stages and sum(stage.steps for stage in self.stages) != self.optim.max_steps:
+            raise ValueError(f"stages: steps add up to {sum(stage.steps for stage in self.stages)} but "
+                             f"optim.max_steps is {self.optim.max_steps}; make them equal")
+        return self
+
+    def plan(self) -> list[StageConfig]:
+        """The stages to run; without `stages`, one over every dataset."""
+        return self.stages or [StageConfig(name="train", steps=self.optim.max_steps,
+                                           datasets=[dataset.name for dataset in self.datasets],
+                                           hard_negatives=self.hard_negatives,
+                                           in_batch_negatives=self.in_batch_negatives)]
+
+    def stage_at(self, step: int) -> StageConfig:
+        """The stage that optimizer step `step` (0-based) belongs to."""
+        end = 0
+        for stage in self.plan():
+            end += stage.steps
+            if step < end:
+                return stage
+        return self.plan()[-1]
+
+    def hard_negatives_of(self, dataset: str) -> int:
+        """Hard negatives a dataset's rows must carry: the most any stage drawing from it uses."""
+        return max((stage.hard_negatives for stage in self.plan() if dataset in stage.datasets), default=0)
+
+
+class MinePairsConfig(Strict):
+    """The (query, positive document) pairs to mine hard negatives for."""
+
+    path: str  # parquet or jsonl files, local or s3:// / gs://
+    format: Literal["parquet", "jsonl"] = "jsonl"
+    query_column: str = "query"
+    document_column: str = "document"
+
+
+class MineOutputConfig(Strict):
+    path: str  # a directory, local or s3:// / gs://: triplet shards part-00000.<format> and errors.jsonl
+    format: Literal["parquet", "jsonl"] = "jsonl"
+    rows_per_shard: int = Field(50_000, gt=0)
+
+
+class MineJobConfig(Strict):
+    """Hard negatives for training pairs: each query's nearest documents under `model`, without the positive
+    and without candidates scoring above max_positive_ratio x the positive's score (likely false negatives)."""
+
+    pairs: MinePairsConfig
+    corpus: InputConfig | None = None  # more candidate documents (text_column); None: the pairs' documents only
+    model: EmbedderConfig = EmbedderConfig()
+    negatives: int = Field(7, gt=0)  # per query
+    search_depth: int = Field(100, gt=0)  # nearest documents looked at per query, before the filter
+    max_positive_ratio: float = Field(0.95, gt=0, le=1)  # NV-Retriever's TopK-PercPos threshold
+    search: Literal["auto", "exact", "faiss"] = "auto"  # auto: faiss when installed
+    pipeline_above: int = Field(50_000, gt=0)  # more texts than this are embedded by the Ray Data pipeline
+    compute: ComputeConfig = ComputeConfig()  # the pipeline's actors
+    output: MineOutputConfig
+
+    @model_validator(mode="after")
+    def _deep_enough(self):
+        if self.search_depth <= self.negatives:
+            raise ValueError(f"search_depth: {self.search_depth} leaves no room for {self.negatives} negatives after "
+                             "the positive; make it larger than negatives")
+        return self
 
 
 class EvalDataConfig(Strict):
@@ -257,6 +375,9 @@ def _describe(error: dict, schema: type[BaseModel]) -> str:
         return f"{key}: unknown key; remove it or fix its spelling ({_allowed_keys(schema, error['loc'])})"
     if kind == "missing":
         return f"{key}: required key is missing; add it"
+    if kind == "value_error":  # our validators' messages already name the key and the fix
+        message = str(error["ctx"]["error"])
+        return message if not error["loc"] else f"{key}: {message}"
     return f"{key}: {error['msg']} (got {error.get('input')!r}); fix the value"
 
 

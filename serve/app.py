@@ -37,7 +37,7 @@ REPLICA_RETRIES = 2  # a request whose model replica dies is sent again to anoth
 
 def padded_tokens(items: list[tuple[list[int], float]]) -> int:
     """Cost of a batch of (token ids, queued-at) rows: rows x longest row."""
-    return len(items) * max(len(ids) for ids, _ in items)
+    return len(items) * max(len(item[0]) for item in items)
 
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 1})
@@ -58,23 +58,26 @@ class EmbeddingModel:
         self.queue_seconds = Histogram("embeddings_queue_seconds", "time a row waits for its batch",
                                        boundaries=[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5])
 
-    async def embed(self, token_ids: list[list[int]]) -> np.ndarray:
-        """Vectors (rows, dimensions) for token id rows, batched with other requests' rows when enabled."""
+    async def embed(self, token_ids: list[list[int]], prompt_length: int = 0) -> np.ndarray:
+        """Vectors (rows, dimensions) for token id rows whose first `prompt_length` tokens are their prompt,
+        batched with other requests' rows when enabled."""
         if not self.batching.enabled:
             async with self.forward_lock:
-                return await asyncio.to_thread(self.embedder.embed_tokens, token_ids, self.batch_tokens)
+                return await asyncio.to_thread(self.embedder.embed_tokens, token_ids, self.batch_tokens,
+                                               [prompt_length] * len(token_ids))
         queued_at = time.monotonic()
-        rows = await asyncio.gather(*(self.embed_rows((ids, queued_at)) for ids in token_ids))
+        rows = await asyncio.gather(*(self.embed_rows((ids, queued_at, prompt_length)) for ids in token_ids))
         return np.stack(rows)
 
     @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
-    async def embed_rows(self, items: list[tuple[list[int], float]]) -> list[np.ndarray]:
+    async def embed_rows(self, items: list[tuple[list[int], float, int]]) -> list[np.ndarray]:
         started = time.monotonic()
-        for _, queued_at in items:
+        for _, queued_at, _ in items:
             self.queue_seconds.observe(started - queued_at)
         self.batch_rows.observe(len(items))
         self.batch_size_tokens.observe(padded_tokens(items))
-        vectors = await asyncio.to_thread(self.embedder.embed_tokens, [ids for ids, _ in items], self.batch_tokens)
+        vectors = await asyncio.to_thread(self.embedder.embed_tokens, [ids for ids, _, _ in items],
+                                          self.batch_tokens, [length for _, _, length in items])
         return list(vectors)
 
     def ready(self) -> bool:
@@ -162,13 +165,16 @@ class EmbeddingsAPI:
                 raise ApiError(400, f"dimensions: at most {served.spec.dimensions} for {model_name}",
                                param="dimensions")
             inputs = split_inputs(body.input, self.config.limits.max_inputs)
+            prompt_length = 0  # token-id inputs are used as they are
             if inputs.texts is not None:
                 token_ids = await asyncio.to_thread(served.tokenize, inputs.texts, body.input_type, body.truncate)
+                prompt_length = served.tokenize.prompt_length(body.input_type)
             else:
                 check_token_ids(inputs.token_ids, served.vocab_size)
                 token_ids = inputs.token_ids
             token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
-            vectors = shorten(await self.embed(served.handle, token_ids), body.dimensions, served.spec.normalize)
+            vectors = await self.embed(served.handle, token_ids, prompt_length)
+            vectors = shorten(vectors, body.dimensions, served.spec.normalize)
         except ApiError as exc:
             self.requests.inc(tags={"model": model_name, "status": str(exc.status)})
             raise
@@ -177,10 +183,10 @@ class EmbeddingsAPI:
         self.tokens.inc(prompt_tokens, tags={"model": model_name})
         return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens))
 
-    async def embed(self, handle: DeploymentHandle, token_ids: list[list[int]]) -> np.ndarray:
+    async def embed(self, handle: DeploymentHandle, token_ids: list[list[int]], prompt_length: int) -> np.ndarray:
         for attempt in range(REPLICA_RETRIES + 1):
             try:
-                return await handle.embed.remote(token_ids)
+                return await handle.embed.remote(token_ids, prompt_length)
             except RayActorError:
                 if attempt == REPLICA_RETRIES:
                     raise

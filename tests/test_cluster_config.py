@@ -12,6 +12,7 @@ from raylib.config import (
     ContrastiveJobConfig,
     EmbedJobConfig,
     EvalJobConfig,
+    MineJobConfig,
     MlmJobConfig,
     ServeAppConfig,
     load_config,
@@ -20,7 +21,7 @@ from tests.conftest import ROOT
 
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml", "local.yaml"]
 JOB_SCHEMAS = {"embed": EmbedJobConfig, "pretrain_mlm": MlmJobConfig, "eval": EvalJobConfig,
-               "train_contrastive": ContrastiveJobConfig}
+               "train_contrastive": ContrastiveJobConfig, "mine_negatives": MineJobConfig}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 

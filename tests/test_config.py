@@ -8,9 +8,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raylib.config import EmbedJobConfig, job_main
+from raylib.config import (
+    ContrastiveJobConfig,
+    EmbedJobConfig,
+    EvalJobConfig,
+    MineJobConfig,
+    MlmJobConfig,
+    job_main,
+    load_config,
+)
 from raylib.embed.pipeline import run_embed
 from tests.conftest import ROOT
+
+
+SCHEMA_BY_PREFIX = {"embed": EmbedJobConfig, "eval": EvalJobConfig, "pretrain_mlm": MlmJobConfig,
+                    "contrastive": ContrastiveJobConfig, "nvembed": ContrastiveJobConfig, "mine": MineJobConfig}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_loads(path):
+    schema = next(schema for prefix, schema in SCHEMA_BY_PREFIX.items() if path.name.startswith(prefix))
+    load_config(path, schema)
 
 
 def run_job(config_path: Path, capsys) -> tuple[int, str]:
@@ -66,6 +84,6 @@ def test_job_script_exits_2_before_starting_ray(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"config error: {path}: model.pooling: Input should be 'mean', 'cls' or 'last' (got 'max'); fix the value"
+        f"config error: {path}: model.pooling: Input should be 'mean', 'cls', 'last' or 'latent' (got 'max'); fix the value"
     ]
     assert "Ray" not in done.stdout + done.stderr

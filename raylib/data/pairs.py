@@ -7,7 +7,8 @@ import ray.data
 from raylib.config import PairsDatasetConfig
 
 
-def _row_error(query, document, negatives, hard_negatives: int) -> str | None:
+def row_error(query, document, negatives, hard_negatives: int) -> str | None:
+    """Why a (query, document, negatives) row cannot be trained on, or None."""
     for name, text in (("query", query), ("document", document)):
         if not isinstance(text, str) or not text.strip():
             return f"{name} is missing, empty or not a string"
@@ -23,7 +24,7 @@ def check_pairs(batch: pa.Table, config: dict, hard_negatives: int) -> pa.Table:
     columns = {name: batch.column(config[key]).to_pylist() if config[key] in batch.column_names else [None] * len(batch)
                for name, key in (("query", "query_column"), ("document", "document_column"),
                                  ("negatives", "negatives_column"))}
-    errors = [_row_error(q, d, n, hard_negatives)
+    errors = [row_error(q, d, n, hard_negatives)
               for q, d, n in zip(columns["query"], columns["document"], columns["negatives"])]
     keep = [error is None for error in errors]
     return pa.table({
@@ -36,12 +37,14 @@ def check_pairs(batch: pa.Table, config: dict, hard_negatives: int) -> pa.Table:
     })
 
 
+def raw_pairs(path: str, fmt: str, cpus: float) -> ray.data.Dataset:
+    """The rows of parquet or jsonl files as they are (local paths or object-storage URIs)."""
+    if fmt == "parquet":
+        return ray.data.read_parquet(path, ray_remote_args={"num_cpus": cpus})
+    return ray.data.read_json(path, lines=True, file_extensions=["jsonl", "json"], ray_remote_args={"num_cpus": cpus})
+
+
 def pairs_dataset(config: PairsDatasetConfig, hard_negatives: int, cpus: float) -> ray.data.Dataset:
-    """The dataset's rows, checked, as a Ray Dataset (local paths or object-storage URIs)."""
-    if config.format == "parquet":
-        raw = ray.data.read_parquet(config.path, ray_remote_args={"num_cpus": cpus})
-    else:
-        raw = ray.data.read_json(config.path, lines=True, file_extensions=["jsonl", "json"],
-                                 ray_remote_args={"num_cpus": cpus})
-    return raw.map_batches(check_pairs, batch_format="pyarrow", num_cpus=cpus,
+    """The dataset's rows, checked, as a Ray Dataset."""
+    return raw_pairs(config.path, config.format, cpus).map_batches(check_pairs, batch_format="pyarrow", num_cpus=cpus,
                            fn_kwargs={"config": config.model_dump(), "hard_negatives": hard_negatives})

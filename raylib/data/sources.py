@@ -7,6 +7,7 @@ A piece is the unit of work and of resume: small enough to embed in one go, foun
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import posixpath
 from dataclasses import asdict, dataclass
@@ -61,6 +62,25 @@ def list_input_files(config: InputConfig) -> tuple[pafs.FileSystem, list[tuple[s
             f"input.path: no .parquet or .jsonl files in {config.path}; point it at your data or set input.format"
         )
     return fs, files
+
+
+def first_file_columns(fs: pafs.FileSystem, files: list[tuple[str, str]], sample_rows: int = 100) -> list[str]:
+    """The column names of the first file (a jsonl file: every key of its first `sample_rows` rows)."""
+    path, fmt = files[0]
+    if fmt == "parquet":
+        with fs.open_input_file(path) as source:
+            return pq.read_schema(source).names
+    keys: dict[str, None] = {}
+    with fs.open_input_stream(path) as source:
+        lines = (line for line in io.TextIOWrapper(source, encoding="utf-8") if line.strip())
+        for _, line in zip(range(sample_rows), lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                keys.update(dict.fromkeys(row))
+    return list(keys)
 
 
 def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: InputConfig) -> list[Piece]:

@@ -59,9 +59,10 @@ def tokenize_piece(batch: pa.Table, input_config: dict, model_json: str, input_t
 class EmbedActor:
     """A model replica: embeds the token ids of whole pieces in token-budget batches."""
 
-    def __init__(self, model_json: str, batch_tokens: int, threads: int, device: str):
+    def __init__(self, model_json: str, input_type: str, batch_tokens: int, threads: int, device: str):
         torch.set_num_threads(threads)
         self.embedder = Embedder(EmbedderConfig.model_validate_json(model_json), device=device)
+        self.prompt_length = self.embedder.tokenize.prompt_length(input_type)
         self.batch_tokens = batch_tokens
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -72,7 +73,8 @@ class EmbedActor:
         vectors = np.zeros((len(table), self.embedder.dimensions), dtype=np.float32)
         if len(valid):
             sequences = [values[offsets[row] : offsets[row + 1]] for row in valid]
-            vectors[valid] = self.embedder.embed_tokens(sequences, self.batch_tokens)
+            vectors[valid] = self.embedder.embed_tokens(sequences, self.batch_tokens,
+                                                        [self.prompt_length] * len(sequences))
         embedding = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), self.embedder.dimensions)
         return table.drop_columns([TOKENS]).append_column("embedding", embedding).append_column("_tokens", pa.array(lengths, pa.int64()))
 
@@ -181,6 +183,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
                 batch_format="pyarrow",
                 fn_constructor_kwargs={
                     "model_json": model_json,
+                    "input_type": config.input_type,
                     "batch_tokens": compute.batch_tokens,
                     "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
                     "device": "cuda" if compute.gpus_per_actor > 0 else "cpu",

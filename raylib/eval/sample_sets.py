@@ -91,3 +91,24 @@ def docstring_training_rows(limit: int | None = None, negatives: int = 1) -> lis
         neighbours = [pairs[(index + offset) % len(pairs)][2] for offset in range(1, negatives + 1)]
         rows.append({"query": summary, "document": body, "negatives": neighbours})
     return rows
+
+
+def module_of(doc_id: str) -> str:
+    """The top-level module a docstring id belongs to: 'stdlib/json/decoder.py:12' -> 'json',
+    'numpy/lib/_npyio_impl.py:40' -> 'numpy.lib'."""
+    root, name = doc_id.rpartition(":")[0].split("/")[:2]
+    name = name.removesuffix(".py")
+    return name if root == "stdlib" else f"{root}.{name}"
+
+
+def docstring_classification_rows(limit: int | None = None, negatives: int = 1) -> list[dict]:
+    """Classification as pairs (NV-Embed's stage-2 data) from the train split: the query is a docstring's
+    summary line, the document the name of its module, the negatives other modules' names."""
+    pairs = docstring_pairs("train")
+    names = sorted({module_of(doc_id) for doc_id, _, _ in pairs})
+    rows = []
+    for doc_id, summary, _ in pairs[:limit]:
+        at = names.index(module_of(doc_id))
+        rows.append({"query": summary, "document": names[at],
+                     "negatives": [names[(at + offset) % len(names)] for offset in range(1, negatives + 1)]})
+    return rows

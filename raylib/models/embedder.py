@@ -19,7 +19,9 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
 from raylib.config import BUNDLED_MODEL, ConfigError, EmbedderConfig
 from raylib.models.batching import token_budget_batches
-from raylib.models.pooling import pool
+from raylib.models.bidirectional import make_bidirectional
+from raylib.models.latent_attention import load_head
+from raylib.models.pooling import pool_hidden
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 
@@ -51,14 +53,19 @@ def _sentence_transformers_defaults(directory: Path) -> dict:
     modules = _read_json(directory / "modules.json") or []
     for module in modules:
         kind = module.get("type", "")
-        if kind.endswith("Pooling"):
-            pooling = _read_json(directory / module.get("path", "") / "config.json") or {}
-            if pooling.get("pooling_mode_cls_token"):
+        pooling = _read_json(directory / module.get("path", "") / "config.json") or {}
+        if kind.endswith("LatentAttention"):
+            found["pooling"], found["latent_head"] = "latent", directory / module["path"]
+            found["include_prompt"] = pooling.get("include_prompt", True)
+        elif kind.endswith("Pooling"):
+            mode = pooling.get("pooling_mode")
+            if pooling.get("pooling_mode_cls_token") or mode == "cls":
                 found["pooling"] = "cls"
-            elif pooling.get("pooling_mode_lasttoken"):
+            elif pooling.get("pooling_mode_lasttoken") or mode == "lasttoken":
                 found["pooling"] = "last"
-            elif pooling.get("pooling_mode_mean_tokens"):
+            elif pooling.get("pooling_mode_mean_tokens") or mode == "mean":
                 found["pooling"] = "mean"
+            found["include_prompt"] = pooling.get("include_prompt", True)
         if kind.endswith("Normalize"):
             found["normalize"] = True
     if modules and "normalize" not in found:
@@ -83,6 +90,8 @@ class ModelSpec:
     dimensions: int
     prefixes: dict[str, str]
     trust_remote_code: bool
+    include_prompt: bool = True  # False: the prefix tokens are left out of pooling
+    latent_head: Path | None = None  # the latent-attention head's folder, for pooling "latent"
 
 
 def resolve_spec(config: EmbedderConfig) -> ModelSpec:
@@ -122,6 +131,9 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
             "document": config.document_prefix if config.document_prefix is not None else prompts.get("document", ""),
         },
         trust_remote_code=config.trust_remote_code,
+        include_prompt=config.include_prompt if config.include_prompt is not None
+        else declared.get("include_prompt", True),
+        latent_head=declared.get("latent_head"),
     )
 
 
@@ -143,6 +155,15 @@ class PromptTokenizer:
             verbose=False,
         )
         return encoded["input_ids"]
+
+    def prompt_length(self, input_type: str) -> int:
+        """Leading tokens that pooling leaves out for this input type: its prefix's tokens (with the start
+        token, as sentence-transformers counts them) when the model excludes prompts, else 0."""
+        prefix = self.spec.prefixes[input_type]
+        if self.spec.include_prompt or not prefix:
+            return 0
+        ids = self.tokenizer(prefix)["input_ids"]
+        return len(ids) - 1 if ids and ids[-1] in self.tokenizer.all_special_ids else len(ids)
 
 
 def pad_token_ids(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,27 +189,44 @@ class Embedder:
         self.model = AutoModel.from_pretrained(
             spec.directory, use_safetensors=True, trust_remote_code=spec.trust_remote_code
         ).to(self.device).eval()
+        if getattr(self.model.config, "is_causal", None) is False:  # a decoder trained bidirectionally
+            make_bidirectional(self.model)
+        self.head = self._latent_head() if spec.pooling == "latent" else None
+
+    def _latent_head(self) -> torch.nn.Module:
+        if self.spec.latent_head is None:
+            raise ConfigError(f"model.pooling: latent, but {self.spec.directory} has no latent-attention head "
+                              "(modules.json with a LatentAttention module); use a model the contrastive job exported")
+        head, _ = load_head(self.spec.latent_head)
+        return head.to(self.device).eval()
 
     @torch.inference_mode()
-    def embed_batch(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed one batch of token id sequences (padded here to the longest) as float32 (rows, dimensions)."""
+    def embed_batch(self, token_ids: Sequence[Sequence[int]],
+                    prompt_lengths: Sequence[int] | None = None) -> np.ndarray:
+        """Embed one batch of token id sequences (padded here to the longest) as float32 (rows, dimensions);
+        prompt_lengths: leading tokens of each row that pooling leaves out (see PromptTokenizer.prompt_length)."""
         input_ids, attention_mask = pad_token_ids(token_ids, self.tokenize.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        vectors = pool(hidden, attention_mask, self.spec.pooling)[:, : self.dimensions]
+        lengths = None if prompt_lengths is None else torch.as_tensor(prompt_lengths)
+        vectors = pool_hidden(hidden, attention_mask, lengths, self.spec.pooling, self.head)[:, : self.dimensions]
         if self.spec.normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors.float().cpu().numpy()
 
-    def embed_tokens(self, token_ids: Sequence[Sequence[int]], batch_tokens: int = 16384) -> np.ndarray:
+    def embed_tokens(self, token_ids: Sequence[Sequence[int]], batch_tokens: int = 16384,
+                     prompt_lengths: Sequence[int] | None = None) -> np.ndarray:
         """Embed many token id sequences in token-budget batches; rows come back in input order."""
         out = np.empty((len(token_ids), self.dimensions), dtype=np.float32)
         for batch in token_budget_batches([len(ids) for ids in token_ids], batch_tokens):
-            out[batch] = self.embed_batch([token_ids[i] for i in batch])
+            lengths = None if prompt_lengths is None else [prompt_lengths[i] for i in batch]
+            out[batch] = self.embed_batch([token_ids[i] for i in batch], lengths)
         return out
 
     def encode(self, texts: Sequence[str], input_type: str = "document", batch_tokens: int = 16384) -> np.ndarray:
         """Embed texts as float32 (len(texts), dimensions), applying the input type's prefix."""
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)
-        return self.embed_tokens(self.tokenize(texts, input_type), batch_tokens)
+        token_ids = self.tokenize(texts, input_type)
+        prompt_lengths = [self.tokenize.prompt_length(input_type)] * len(texts)
+        return self.embed_tokens(token_ids, batch_tokens, prompt_lengths)

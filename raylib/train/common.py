@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray.train
 import torch
 import torch.distributed as dist
@@ -83,6 +84,28 @@ def run_dir(checkpoint: CheckpointConfig) -> Path | None:
     if "://" in checkpoint.storage_path:
         return None
     return Path(checkpoint.storage_path) / checkpoint.name
+
+
+def publish_model(result: ray.train.Result) -> str | None:
+    """Copy the last checkpoint's model/ to <storage_path>/<name>/model, the fixed path where the next job's
+    config finds it; returns that path (None when the run saved no checkpoint)."""
+    if result.checkpoint is None:
+        return None
+    fs, target = result.checkpoint.filesystem, f"{result.path}/model"
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        fs.delete_dir(target)
+    pafs.copy_files(f"{result.checkpoint.path}/model", target, source_filesystem=fs, destination_filesystem=fs)
+    return target
+
+
+def summary_line(verb: str, result: ray.train.Result, seconds: float, fields: tuple[str, ...]) -> str:
+    """The job's last line: steps, loss, the named metrics, seconds and the published model path."""
+    metrics = result.metrics or {}
+    values = {name: metrics.get(name) for name in fields}
+    shown = " ".join(f"{name}={value:.1f}" if isinstance(value, float) else f"{name}={value}"
+                     for name, value in values.items())
+    return (f"{verb} steps={metrics.get('step')} loss={metrics.get('loss', float('nan')):.4f} {shown} "
+            f"seconds={seconds:.1f} model={publish_model(result)}")
 
 
 class MetricsLog:

@@ -110,6 +110,16 @@ class TrainEngine:
         with sync:
             (loss / self.optim.grad_accum).backward()
 
+    def accumulate_in_parts(self, run: Callable[[torch.nn.Module, torch.nn.Module], torch.Tensor]) -> torch.Tensor:
+        """One micro-batch whose backward passes the caller runs itself (GradCache). run(local, last) gets the
+        bare module, whose backward passes keep gradients on this worker, and the module for the last pass:
+        on the step's last micro-batch the DDP model, which averages the accumulated gradients across workers.
+        The caller divides its loss by optim.grad_accum."""
+        if self.strategy.kind != "ddp":
+            raise RuntimeError("backward passes in parts need strategy ddp")
+        self._micro += 1
+        return run(self.module, self.model if self._micro == self.optim.grad_accum else self.module)
+
     def finish_step(self) -> float:
         """Apply the accumulated update; returns the gradient norm before clipping."""
         if self._micro != self.optim.grad_accum:

@@ -20,22 +20,26 @@ def _embed_without_grad(encode: Callable, chunks: Sequence) -> tuple[torch.Tenso
     return torch.cat(vectors), states
 
 
-def grad_cache_step(encode: Callable, inputs: Sequence[Sequence], loss_fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+def grad_cache_step(encode: Callable, inputs: Sequence[Sequence], loss_fn: Callable[..., torch.Tensor],
+                    encode_last: Callable | None = None) -> torch.Tensor:
     """Back-propagate loss_fn(vectors of inputs[0], vectors of inputs[1], ...) through `encode`, chunk by chunk.
 
     inputs: one sequence of chunks per loss argument (e.g. query chunks, document chunks); encode(chunk) returns
-    (rows, d). Returns the detached loss; parameter .grad holds its gradient.
+    (rows, d). encode_last, when given, re-embeds the very last chunk (DDP: the wrapped model, whose backward
+    then synchronises the gradients the other chunks accumulated locally). Returns the detached loss;
+    parameter .grad holds its gradient.
     """
     cached = [_embed_without_grad(encode, chunks) for chunks in inputs]
     leaves = [vectors.requires_grad_() for vectors, _ in cached]
     loss = loss_fn(*leaves)
     loss.backward()
-    for chunks, (vectors, states), leaf in zip(inputs, cached, leaves):
+    last = (len(inputs) - 1, len(inputs[-1]) - 1)
+    for group, (chunks, (vectors, states), leaf) in enumerate(zip(inputs, cached, leaves)):
         start = 0
-        for chunk, state in zip(chunks, states):
+        for index, (chunk, state) in enumerate(zip(chunks, states)):
             with torch.random.fork_rng(devices=[]):
                 torch.set_rng_state(state)
-                chunk_vectors = encode(chunk)
+                chunk_vectors = (encode_last or encode)(chunk) if (group, index) == last else encode(chunk)
             rows = chunk_vectors.shape[0]
             chunk_vectors.backward(leaf.grad[start:start + rows])
             start += rows

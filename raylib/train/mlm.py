@@ -24,8 +24,9 @@ from raylib.train.common import (
     report,
     restore,
     set_threads,
+    summary_line,
 )
-from raylib.train.engine import TrainEngine
+from raylib.train.engine import TrainEngine, save_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def train_loop(loop_config: dict) -> None:
     model_config = architecture(config)
     model = NomicBertForMaskedLM(model_config)
     flops_per_token = step_flops_per_token(sum(p.numel() for p in model.parameters()), model_config, config.seq_len)
-    engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision == "bf16")
+    engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision == "bf16",
+                         export=with_tokenizer(tokenizer))
     progress = restore(engine)
     step = progress.get("step", 0)
     stream = WindowStream(ray.train.get_dataset_shard("train"), tokenizer, config,
@@ -134,6 +136,16 @@ def train_loop(loop_config: dict) -> None:
         report(metrics, engine, progress, save)
 
 
+def with_tokenizer(tokenizer):
+    """The export: the MLM model directory plus the tokenizer, so the contrastive job can start from it."""
+
+    def export(module: torch.nn.Module, state: dict, directory: Path) -> None:
+        save_pretrained(module, state, directory)
+        tokenizer.save_pretrained(directory)
+
+    return export
+
+
 def run_mlm(config: MlmJobConfig) -> ray.train.Result:
     """Check the config, then train; prints one summary line."""
     architecture(config)
@@ -145,9 +157,5 @@ def run_mlm(config: MlmJobConfig) -> ray.train.Result:
     trainer = build_trainer(train_loop, config.model_dump(), config.scaling, config.checkpoint, {"train": dataset})
     started = time.perf_counter()
     result = trainer.fit()
-    metrics = result.metrics or {}
-    print(f"pretrained steps={metrics.get('step')} loss={metrics.get('loss', float('nan')):.4f} "
-          f"tokens/s={metrics.get('tokens_per_s', 0):.0f} bad_rows={metrics.get('bad_rows')} "
-          f"seconds={time.perf_counter() - started:.1f} "
-          f"model={result.checkpoint.path + '/model' if result.checkpoint else None}")
+    print(summary_line("pretrained", result, time.perf_counter() - started, ("tokens_per_s", "bad_rows")))
     return result

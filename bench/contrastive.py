@@ -1,0 +1,179 @@
+"""Contrastive training benchmarks on the bundled all-MiniLM-L6-v2, docstring pairs, fp32, in one run:
+
+1. GradCache memory: peak resident memory of one training step (query + document chunks of `--chunk` rows)
+   at batch 64 and at batch 256, each in a fresh process; the plain step (whole batch in one forward) beside it.
+2. Steps/s of our training step (BiEncoder, one forward for queries and documents, InfoNCE, AdamW) vs
+   sentence-transformers' MultipleNegativesRankingLoss on its own model, same data, batch and length.
+
+Prints one JSON object.
+
+    python bench/contrastive.py [--batch 32 --steps 12 --threads 2 --chunk 32]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from raylib.config import ContrastiveJobConfig
+from raylib.eval.sample_sets import docstring_training_rows
+from raylib.models.embedder import resolve_spec
+from raylib.train.contrastive import BiEncoder, dataset_tokenizers, encode_items, tokenized_groups
+from raylib.train.engine import build_optimizer
+from raylib.train.grad_cache import grad_cache_step
+from raylib.train.losses import info_nce
+
+MAX_LENGTH = 128
+
+
+def job_config(batch: int, chunk: int | None) -> ContrastiveJobConfig:
+    return ContrastiveJobConfig.model_validate({
+        "model": {"path": "bundled", "max_length": MAX_LENGTH}, "datasets": [{"name": "docstrings", "path": "."}],
+        "batch_size": batch, "grad_cache_chunk": chunk, "optim": {"lr": 1e-5, "max_steps": 1000},
+        "checkpoint": {"storage_path": "/tmp/unused"},
+    })
+
+
+class PeakMemory:
+    """Highest resident set size (bytes) seen by a 2 ms sampler while the block runs."""
+
+    def __enter__(self):
+        self.peak, self._running = self.rss(), True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._running = False
+        self._thread.join()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self):
+        while self._running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.002)
+
+
+class OurStep:
+    """The contrastive job's step without Ray: tokenise with prompts, one forward, InfoNCE, AdamW."""
+
+    def __init__(self, batch: int, chunk: int | None):
+        self.config = job_config(batch, chunk)
+        spec = resolve_spec(self.config.model)
+        self.tokenizer = dataset_tokenizers(self.config, spec)["docstrings"]
+        self.model = BiEncoder(self.config, spec).train()
+        self.optimizer, _ = build_optimizer(self.model, self.config.optim)
+
+    def encode(self, items):
+        return encode_items(self.model, items, self.tokenizer.pad_id, torch.device("cpu"))
+
+    def __call__(self, rows: list[dict]) -> None:
+        queries, documents = tokenized_groups(self.tokenizer, rows, 0)
+        scale = self.model.scale()
+        if self.config.grad_cache_chunk:
+            size = self.config.grad_cache_chunk
+            chunks = [[group[i:i + size] for i in range(0, len(group), size)] for group in (queries, documents)]
+            grad_cache_step(self.encode, chunks, lambda q, d: info_nce(q, d, None, scale))
+        else:
+            vectors = self.encode(queries + documents)
+            info_nce(vectors[:len(rows)], vectors[len(rows):], None, scale).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def step_memory(batch: int, chunk: int | None) -> int:
+    """Bytes the step adds to resident memory at its peak (the second step, after AdamW made its state)."""
+    torch.set_num_threads(2)
+    step = OurStep(batch, chunk)
+    rows = docstring_training_rows(limit=2 * batch, negatives=0)
+    step(rows[batch:])
+    before = PeakMemory.rss()
+    with PeakMemory() as memory:
+        step(rows[:batch])
+    return memory.peak - before
+
+
+def memory_in_subprocess(batch: int, chunk: int | None) -> int:
+    command = [sys.executable, __file__, "--measure-memory", str(batch), "--chunk", str(chunk or 0)]
+    return int(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+def sentence_transformers_step(batch: int):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from raylib.models.embedder import resolve_model_path
+
+    model = SentenceTransformer(str(resolve_model_path("bundled")), device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model.train()
+
+    def step(rows: list[dict]) -> None:
+        features = [model.tokenize([row[key] for row in rows]) for key in ("query", "document")]
+        loss(features, None).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def steps_per_second(step, batches: list[list[dict]]) -> float:
+    times = []
+    for rows in batches:
+        started = time.perf_counter()
+        step(rows)
+        times.append(time.perf_counter() - started)
+    return 1 / statistics.median(times[2:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure_memory:
+        print(step_memory(args.measure_memory, args.chunk or None))
+        return
+
+    mb = 1 << 20
+    cached = {batch: memory_in_subprocess(batch, args.chunk) / mb for batch in (64, 256)}
+    plain = {batch: memory_in_subprocess(batch, None) / mb for batch in (64, 256)}
+
+    torch.set_num_threads(args.threads)
+    rows = docstring_training_rows(limit=args.batch * args.steps, negatives=0)
+    batches = [rows[start:start + args.batch] for start in range(0, len(rows), args.batch)]
+    ours = steps_per_second(OurStep(args.batch, None), batches)
+    theirs = steps_per_second(sentence_transformers_step(args.batch), batches)
+    print(json.dumps({
+        "grad_cache_memory": {
+            "chunk": args.chunk, "step_peak_mb_batch64": round(cached[64], 1),
+            "step_peak_mb_batch256": round(cached[256], 1), "ratio_256_vs_64": round(cached[256] / cached[64], 2),
+            "target_ratio": 1.2,
+            "plain_step_peak_mb_batch64": round(plain[64], 1), "plain_step_peak_mb_batch256": round(plain[256], 1),
+            "plain_ratio_256_vs_64": round(plain[256] / plain[64], 2),
+        },
+        "steps_per_s": {
+            "batch": args.batch, "max_length": MAX_LENGTH, "threads": args.threads,
+            "ours": round(ours, 3), "sentence_transformers_mnrl": round(theirs, 3),
+            "ratio": round(ours / theirs, 2), "target_ratio": 1.0,
+        },
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

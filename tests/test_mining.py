@@ -1,0 +1,81 @@
+"""Hard-negative mining on real docstring pairs: the negatives are each query's best-scoring candidates that are
+neither the positive nor above the positive-aware threshold; bad rows are reported; the shards train."""
+
+import json
+
+import numpy as np
+import pytest
+
+from raylib.config import MineJobConfig, PairsDatasetConfig, job_main
+from raylib.data.mining import run_mining
+from raylib.data.pairs import pairs_dataset
+from raylib.eval.sample_sets import docstring_training_rows
+from raylib.models.embedder import Embedder
+from tests.conftest import write_jsonl
+
+K = 3
+
+
+def mining_config(tmp_path, **changes) -> MineJobConfig:
+    return MineJobConfig.model_validate({
+        "pairs": {"path": str(tmp_path / "pairs")},
+        "corpus": {"path": str(tmp_path / "corpus"), "id_column": None},
+        "negatives": K, "max_positive_ratio": 0.95, "search": "exact", "search_depth": 400,  # every candidate
+        "pipeline_above": 160,  # the ~200 documents go through the Ray Data pipeline, the 150 queries do not
+        "compute": {"actors": 1},
+        "output": {"path": str(tmp_path / "mined"), "rows_per_shard": 100},
+        **changes,
+    })
+
+
+def test_mined_negatives_are_the_best_allowed_candidates(ray_session, embedder: Embedder, tmp_path):
+    rows = docstring_training_rows(limit=200, negatives=0)
+    pairs, extra = rows[:150], [row["document"] for row in rows[150:]]
+    near_duplicate = pairs[0]["document"] + " "  # another text, but scores like the positive: must be filtered
+    write_jsonl(tmp_path / "pairs" / "pairs.jsonl",
+                [{"query": row["query"], "document": row["document"]} for row in pairs]
+                + [{"query": "no document"}, {"query": "", "document": "empty query"}])
+    write_jsonl(tmp_path / "corpus" / "docs.jsonl", [{"text": text} for text in [*extra, near_duplicate, ""]])
+
+    summary = run_mining(mining_config(tmp_path))
+    assert (summary.pairs, summary.errors, len(summary.shards)) == (150, 3, 2)
+    errors = [json.loads(line) for line in (tmp_path / "mined.errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 3 and all(error["error"] for error in errors)
+    mined = [json.loads(line) for shard in sorted((tmp_path / "mined").glob("part-*.jsonl"))
+             for line in shard.read_text().splitlines()]
+    assert [(row["query"], row["document"]) for row in mined] == [(row["query"], row["document"]) for row in pairs]
+
+    candidates = list(dict.fromkeys([row["document"] for row in pairs] + extra + [near_duplicate]))
+    candidate_vectors = embedder.encode(candidates, "document")
+    for row in mined[:20]:
+        query = embedder.encode([row["query"]], "query")[0]
+        scores = candidate_vectors @ query
+        positive = scores[candidates.index(row["document"])]
+        allowed = {text: score for text, score in zip(candidates, scores)
+                   if text != row["document"] and score <= 0.95 * positive}
+        assert all(text in allowed for text in row["negatives"])  # ties may come in either order
+        assert np.allclose([allowed[text] for text in row["negatives"]], sorted(allowed.values())[::-1][:K], atol=1e-5)
+    assert near_duplicate not in mined[0]["negatives"] and summary.filtered >= 1
+    assert summary.short == sum(len(row["negatives"]) < K for row in mined)
+
+    trainable = pairs_dataset(PairsDatasetConfig(name="mined", path=str(tmp_path / "mined")), K, 0.25)
+    assert trainable.filter(lambda row: row["_error"] is not None).count() == summary.short
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pairs": {"path": "/no/such/pairs"}}, "pairs.path: /no/such/pairs does not exist"),
+    ({"corpus": {"path": "/no/such/docs"}}, "corpus.path: /no/such/docs does not exist"),
+    ({"negatives": 0}, "negatives: Input should be greater than 0"),
+    ({"max_positive_ratio": 1.5}, "max_positive_ratio"),
+    ({"negatives": 7, "search_depth": 7}, "search_depth: 7 leaves no room for 7 negatives"),
+])
+def test_bad_mining_config_fails_before_any_work(tmp_path, capsys, change, message):
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "corpus").mkdir()
+    config = {"pairs": {"path": str(tmp_path / "pairs")}, "output": {"path": str(tmp_path / "mined")}, **change}
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(config))
+    assert job_main("mine", MineJobConfig, run_mining, ["--config", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error, error
+    assert not (tmp_path / "mined").exists()
