@@ -190,7 +190,7 @@ def encode_items(model: torch.nn.Module, items: list[tuple[list[int], int]], pad
 def train_micro_batch(engine: TrainEngine, tokenizer: PromptTokenizer, rows: list[dict], config: ContrastiveJobConfig,
                       stage: StageConfig) -> float:
     """InfoNCE of one micro-batch, back-propagated; returns its loss. Queries, documents and negatives go
-    through the model in one forward pass, or in grad_cache_chunk-row chunks with GradCache."""
+    through the model as three forward passes, or in grad_cache_chunk-row chunks with GradCache."""
     b, k = len(rows), stage.hard_negatives
     groups = tokenized_groups(tokenizer, rows, k)
 
@@ -212,9 +212,8 @@ def train_micro_batch(engine: TrainEngine, tokenizer: PromptTokenizer, rows: lis
                                        lambda *vectors: loss_fn(*vectors) / config.optim.grad_accum, encode(last))
 
         return engine.accumulate_in_parts(run).item() * config.optim.grad_accum
-    with engine.autocast():
-        vectors = encode(engine.model)([item for group in groups for item in group])
-    loss = loss_fn(vectors[:b], vectors[b:2 * b], vectors[2 * b:] if k else None)
+    with engine.autocast():  # one forward per group, each padded to its own longest text
+        loss = loss_fn(*[encode(engine.model)(group) for group in groups])
     engine.accumulate(loss)
     return loss.item()
 
