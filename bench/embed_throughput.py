@@ -117,7 +117,7 @@ def main() -> None:
     st_rate, st_vectors = sentence_transformers_rate(texts, embedder.spec.directory)
     bare_rate = bare_loop_rate(texts, embedder)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     result = {"docs": len(rows), "cpus": os.cpu_count(), "st_docs_per_s": st_rate, "bare_loop_docs_per_s": bare_rate}
     with tempfile.TemporaryDirectory() as work:
         for scale in sorted(set(args.memory_scales) | {1}):

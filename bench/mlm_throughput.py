@@ -97,7 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         corpus = Path(scratch) / "corpus"
         write_shards(sample_documents(), corpus, shards=4, fmt="jsonl")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         one = ray_train_rate(corpus, Path(scratch) / "runs", 1, args)
         two = ray_train_rate(corpus, Path(scratch) / "runs", 2, args)
         ray.shutdown()

@@ -129,7 +129,7 @@ def main() -> None:
         "documents": texts,  # real docstrings and help pages, ~20-256 tokens after truncation
         "queries": [" ".join(text.split()[:12]) for text in texts],  # search-query sized, ~10-20 tokens
     }
-    ray.init(num_cpus=max(4, os.cpu_count()), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(4, os.cpu_count()), include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         batched = measure(workloads, args.clients, True, 1, Path(tmp) / "batched")
         unbatched = measure(workloads, args.clients, False, 1, Path(tmp) / "unbatched")

@@ -16,7 +16,7 @@ def init_ray(**local_options) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(**local_options)
+        ray.init(address="local", **local_options)  # a new instance even when another Ray runs on this host
 
 
 def free_port(host: str = "127.0.0.1") -> int:

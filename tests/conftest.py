@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent  # the virtual environment's scripts: ray, ser
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray with 2 CPUs; yields its address so subprocess drivers can join it."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

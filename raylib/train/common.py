@@ -94,6 +94,7 @@ def publish_model(result: ray.train.Result) -> str | None:
     fs, target = result.checkpoint.filesystem, f"{result.path}/model"
     if fs.get_file_info(target).type != pafs.FileType.NotFound:
         fs.delete_dir(target)
+    fs.create_dir(target, recursive=True)
     pafs.copy_files(f"{result.checkpoint.path}/model", target, source_filesystem=fs, destination_filesystem=fs)
     return target
 
