@@ -13,9 +13,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from raylib.config import MlmJobConfig, job_main
+from raylib.config import EmbedderConfig, MlmJobConfig, job_main
 from raylib.data.mlm import mask_tokens, pack_windows
-from raylib.models.embedder import resolve_model_path
+from raylib.models.embedder import Embedder, resolve_model_path
 from raylib.train.mlm import run_mlm
 from tests.conftest import write_jsonl
 
@@ -104,6 +104,11 @@ def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tm
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     held_out = torch.tensor([[101, *ids[i:i + 62], 102] for i in range(0, 62 * 16, 62)])
     assert mlm_loss(trained, held_out) < mlm_loss(fresh, held_out) - 1.0
+
+    published = tmp_path / "ddp" / "model"  # the fixed path a contrastive config names as model.path
+    encoder = Embedder(EmbedderConfig(path=str(published), pooling="mean"))
+    assert torch.equal(encoder.model.encoder.layers[1].mlp.fc2.weight, trained.bert.encoder.layers[1].mlp.fc2.weight)
+    assert encoder.encode(["a question about files"]).shape == (1, trained.config.n_embd)
 
 
 def train_worker_pids() -> list[int]:
