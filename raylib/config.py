@@ -64,7 +64,7 @@ class ComputeConfig(Strict):
     threads_per_actor: int | None = Field(None, gt=0)  # torch intra-op threads; None: cpus_per_actor rounded up
     gpus_per_actor: float = Field(0.0, ge=0)
     tokenizer_cpus: float = Field(0.25, gt=0)  # per tokenising task
-    writer_cpus: float = Field(0.25, gt=0)  # per writing task
+    writer_cpus: float = Field(0.25, gt=0)  # per writing actor (a pool of 1 to `actors`)
     batch_tokens: int = Field(2048, gt=0)  # padded tokens per forward pass (CPU: ~2048, GPU: ~65536)
 
 

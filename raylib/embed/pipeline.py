@@ -1,4 +1,4 @@
-"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writing tasks.
+"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writing tasks (writer.py).
 
 Each input piece travels whole through the stages (one block), so the writer can commit it atomically:
 vectors, bad rows, then its manifest entry. A re-run skips committed pieces, which makes the output hold
@@ -22,6 +22,7 @@ import torch
 from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig, InputConfig
 from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
 from raylib.embed.store import OutputStore
+from raylib.embed.writer import PieceWriter
 from raylib.models.embedder import Embedder, PromptTokenizer, resolve_spec
 from raylib.runtime import init_ray
 
@@ -77,33 +78,6 @@ class EmbedActor:
                                                         [self.prompt_length] * len(sequences))
         embedding = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), self.embedder.dimensions)
         return table.drop_columns([TOKENS]).append_column("embedding", embedding).append_column("_tokens", pa.array(lengths, pa.int64()))
-
-
-def write_pieces(table: pa.Table, output_uri: str, id_column: str, dtype: str) -> pa.Table:
-    """Commit every piece in the block; returns one row of counts per piece."""
-    store = OutputStore(output_uri)
-    committed = []
-    for key in pc.unique(table.column("_piece")).to_pylist():
-        part = table.filter(pc.equal(table.column("_piece"), key))
-        expected = part.column("_piece_rows")[0].as_py()
-        if len(part) != expected:
-            raise RuntimeError(f"piece {key} reached the writer split ({len(part)} of {expected} rows)")
-        good = pc.is_null(part.column("_error"))
-        kept, bad = part.filter(good), part.filter(pc.invert(good))
-        embedding = kept.column("embedding")
-        if dtype == "float16":
-            embedding = embedding.cast(pa.list_(pa.float16(), embedding.type.list_size))
-        vectors = pa.table({id_column: kept.column("id"), "embedding": embedding})
-        errors = [
-            {"id": row["id"], "where": row["_where"], "error": row["_error"]}
-            for row in bad.select(["id", "_where", "_error"]).to_pylist()
-        ]
-        stats = {"rows": len(kept), "errors": len(errors), "tokens": int(pc.sum(kept.column("_tokens")).as_py() or 0)}
-        store.commit_piece(key, vectors, errors, stats)
-        committed.append({"piece": key, **stats})
-    return pa.Table.from_pylist(committed, schema=pa.schema(
-        [("piece", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("tokens", pa.int64())]
-    ))
 
 
 @dataclass
@@ -193,11 +167,12 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
                 num_gpus=compute.gpus_per_actor,
             )
             .map_batches(
-                write_pieces,
+                PieceWriter,
                 batch_size=None,
                 batch_format="pyarrow",
-                fn_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
-                           "dtype": config.output.dtype},
+                fn_constructor_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
+                                       "dtype": config.output.dtype},
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=compute.actors),
                 num_cpus=compute.writer_cpus,
             )
         )
