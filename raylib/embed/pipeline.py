@@ -1,4 +1,4 @@
-"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writing tasks (writer.py).
+"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writer actors (writer.py).
 
 Each input piece travels whole through the stages (one block), so the writer can commit it atomically:
 vectors, bad rows, then its manifest entry. A re-run skips committed pieces, which makes the output hold
