@@ -4,16 +4,23 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 import ray
+from moto.server import ThreadedMotoServer
 
 from raylib.config import EmbedderConfig
 from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder, resolve_model_path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Object storage in tests is a local S3 server (test_object_storage.py) that takes any credentials; these
+# fake ones reach the Ray workers too, and keep any real account's keys away from the tests.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+os.environ["RAYLIB_CACHE_DIR"] = tempfile.mkdtemp(prefix="raylib-cache-")  # copies of remote models
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts: ray, serve
@@ -25,6 +32,18 @@ def ray_session():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """(endpoint URL, filesystem) of a local S3 server on 127.0.0.1; URIs reach it with
+    `?endpoint_override=<endpoint>`, as with MinIO."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    yield endpoint, pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True)
+    server.stop()
 
 
 @pytest.fixture(scope="session")

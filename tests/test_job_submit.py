@@ -1,5 +1,5 @@
 """The embed and MLM jobs through `ray job submit --working-dir .` against a `ray start --head` cluster of its
-own."""
+own; the MLM job as on a cloud cluster, with its data and checkpoints in a bucket."""
 
 import json
 import os
@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pytest
 
+from raylib.config import EmbedderConfig
+from raylib.models.embedder import Embedder
 from raylib.runtime import free_port
 from tests.conftest import BIN, ROOT, write_jsonl
 
@@ -84,19 +87,28 @@ def test_embed_job_through_ray_job_submit(head_node, tmp_path, documents):
     assert "input.path: /no/such/input does not exist" in failed.stdout + failed.stderr
 
 
-def test_training_job_through_ray_job_submit(head_node, tmp_path, documents):
+def test_training_job_through_ray_job_submit_with_data_and_checkpoints_in_a_bucket(head_node, s3, tmp_path,
+                                                                                   documents):
     address, env = head_node
-    write_jsonl(tmp_path / "in" / "docs.jsonl", [{"text": doc["text"]} for doc in documents[:200]])
+    endpoint, fs = s3
+    fs.create_dir("mlm")
+    with fs.open_output_stream("mlm/docs/docs.jsonl") as out:
+        out.write("".join(json.dumps({"text": doc["text"]}) + "\n" for doc in documents[:200]).encode())
+    options = f"?endpoint_override={endpoint}"
     config = tmp_path / "mlm.yaml"
     config.write_text(json.dumps({
-        "data": {"path": str(tmp_path / "in"), "id_column": None},
+        "data": {"path": f"s3://mlm/docs{options}", "id_column": None},
         "architecture": {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 256, "max_trained_positions": 64},
         "seq_len": 64, "batch_size": 4, "precision": "fp32", "optim": {"max_steps": 6},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.75, "threads_per_worker": 1},
-        "checkpoint": {"storage_path": str(tmp_path / "runs"), "name": "submitted", "every_steps": 3},
+        "checkpoint": {"storage_path": f"s3://mlm/runs{options}", "name": "submitted", "every_steps": 3},
     }))
     done = submit(address, env, config, job="pretrain_mlm")
     assert "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "pretrained steps=6" in done.stdout
-    models = sorted((tmp_path / "runs" / "submitted").glob("checkpoint_*/model/model.safetensors"))
-    assert len(models) == 2
+    published = f"s3://mlm/runs/submitted/model{options}"
+    assert "pretrained steps=6" in done.stdout and f"model={published}" in done.stdout
+
+    stored = [info.path for info in fs.get_file_info(pafs.FileSelector("mlm/runs/submitted", recursive=True))]
+    assert sum(path.endswith("/model/model.safetensors") and "/checkpoint_" in path for path in stored) == 2
+    model = Embedder(EmbedderConfig(path=published))  # the next job's model.path
+    assert model.encode(["a sentence to embed"]).shape == (1, 64)

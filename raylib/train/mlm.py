@@ -157,5 +157,6 @@ def run_mlm(config: MlmJobConfig) -> ray.train.Result:
     trainer = build_trainer(train_loop, config.model_dump(), config.scaling, config.checkpoint, {"train": dataset})
     started = time.perf_counter()
     result = trainer.fit()
-    print(summary_line("pretrained", result, time.perf_counter() - started, ("tokens_per_s", "bad_rows")))
+    seconds = time.perf_counter() - started
+    print(summary_line("pretrained", result, config.checkpoint, seconds, ("tokens_per_s", "bad_rows")))
     return result

@@ -1,0 +1,85 @@
+"""Object storage (a local S3 server): the embed job reads its input, model and writes its output in buckets;
+a model directory in a bucket is copied once per machine, weights only where the model is loaded."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from raylib.config import ConfigError, EmbedderConfig
+from raylib.embed.pipeline import run_embed
+from raylib.models.embedder import Embedder, fetch_weights, resolve_model_path, resolve_spec
+from tests.test_embed_pipeline import job_config
+
+
+def upload_bundled_model(fs: pafs.FileSystem, path: str) -> None:
+    fs.create_dir(path.split("/")[0])
+    pafs.copy_files(str(resolve_model_path("bundled")), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+
+
+def test_embed_job_reads_and_writes_buckets_and_resumes_from_its_manifest(ray_session, s3, documents, embedder):
+    endpoint, fs = s3
+    upload_bundled_model(fs, "models/minilm")
+    fs.create_dir("corpus")
+    rows = documents[:120]
+    for shard in range(2):
+        part = rows[shard::2]
+        pq.write_table(pa.table({"id": [row["id"] for row in part], "text": [row["text"] for row in part]}),
+                       f"corpus/docs/shard-{shard}.parquet", filesystem=fs, row_group_size=20)
+    options = f"?endpoint_override={endpoint}"
+    config = job_config(f"s3://corpus/docs{options}", f"s3://corpus/vectors{options}",
+                        input={"rows_per_piece": 20}, model={"path": f"s3://models/minilm{options}"})
+
+    summary = run_embed(config)
+    assert (summary.rows, summary.errors, summary.pieces) == (120, 0, 6)
+    written = {info.path for info in fs.get_file_info(pafs.FileSelector("corpus/vectors", recursive=True))}
+    assert sum(path.startswith("corpus/vectors/_manifest/") and path.endswith(".json") for path in written) == 7
+    assert not any(path.startswith("corpus/vectors/_tmp/") and path.endswith(".parquet") for path in written)
+
+    table = pads.dataset("corpus/vectors", filesystem=fs, format="parquet").to_table()
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == sorted(row["id"] for row in rows) and len(set(ids)) == len(ids)
+    by_id = dict(zip(ids, np.array(table.column("embedding").to_pylist(), dtype=np.float32)))
+    got = np.stack([by_id[row["id"]] for row in rows])
+    expected = embedder.encode([row["text"] for row in rows])
+    assert np.abs((got * expected).sum(1) - 1).max() < 1e-4
+
+    again = run_embed(config)
+    assert (again.rows, again.skipped_pieces) == (0, 6)
+
+
+def test_remote_model_is_copied_without_weights_until_loaded_and_again_when_republished(s3, embedder):
+    endpoint, fs = s3
+    upload_bundled_model(fs, "models/republished")
+    config = EmbedderConfig(path=f"s3://models/republished?endpoint_override={endpoint}")
+
+    spec = resolve_spec(config)
+    assert (spec.directory / "tokenizer.json").is_file() and (spec.directory / "1_Pooling" / "config.json").is_file()
+    assert not (spec.directory / "model.safetensors").exists()  # a driver checking the config fetches no weights
+    assert fetch_weights(spec) == spec.directory and (spec.directory / "model.safetensors").is_file()
+    fetched_at = (spec.directory / "model.safetensors").stat().st_mtime_ns
+    texts = ["how do I sort a list", "open a file for reading"]
+    assert np.allclose(Embedder(config).encode(texts), embedder.encode(texts), atol=1e-6)
+    assert resolve_spec(config).directory == spec.directory  # a second process reuses the copy
+    assert (spec.directory / "model.safetensors").stat().st_mtime_ns == fetched_at
+
+    with fs.open_output_stream("models/republished/config_sentence_transformers.json") as out:
+        out.write(b'{"prompts": {"query": "query: "}}')
+    republished = resolve_spec(config)
+    assert republished.directory != spec.directory and republished.prefixes["query"] == "query: "
+
+
+@pytest.mark.parametrize("path, message", [
+    ("models/empty", "is not a directory"),
+    ("models/no-weights", "has no safetensors weights"),
+])
+def test_remote_model_without_weights_is_a_config_error(s3, path, message):
+    endpoint, fs = s3
+    fs.create_dir("models")
+    with fs.open_output_stream("models/no-weights/config.json") as out:
+        out.write(b"{}")
+    with pytest.raises(ConfigError, match=f"model.path: s3://{path}.* {message}"):
+        resolve_spec(EmbedderConfig(path=f"s3://{path}?endpoint_override={endpoint}"))
