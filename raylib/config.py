@@ -26,7 +26,7 @@ class Strict(BaseModel):
 class EmbedderConfig(Strict):
     """How to open an encoder and turn its hidden states into embeddings."""
 
-    path: str = Field(BUNDLED_MODEL, description="a model directory (local, s3://, gs://) or 'bundled' (all-MiniLM-L6-v2)")
+    path: str = Field(BUNDLED_MODEL, description="a model directory (local, s3://, gs://) or 'bundled' (MiniLM)")
     pooling: Literal["mean", "cls", "last", "latent"] | None = None  # None: the model's own, else mean
     include_prompt: bool | None = None  # False: prefix/instruction tokens are left out of pooling (NV-Embed)
     normalize: bool | None = None  # None: from the model's own config, else True

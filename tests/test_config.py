@@ -20,7 +20,6 @@ from raylib.config import (
 from raylib.embed.pipeline import run_embed
 from tests.conftest import ROOT
 
-
 SCHEMA_BY_PREFIX = {"embed": EmbedJobConfig, "eval": EvalJobConfig, "pretrain_mlm": MlmJobConfig,
                     "contrastive": ContrastiveJobConfig, "nvembed": ContrastiveJobConfig, "mine": MineJobConfig}
 

@@ -110,5 +110,8 @@ def test_training_job_through_ray_job_submit_with_data_and_checkpoints_in_a_buck
 
     stored = [info.path for info in fs.get_file_info(pafs.FileSelector("mlm/runs/submitted", recursive=True))]
     assert sum(path.endswith("/model/model.safetensors") and "/checkpoint_" in path for path in stored) == 2
+    with fs.open_input_stream("mlm/runs/submitted/metrics.jsonl") as stored_metrics:
+        assert [json.loads(line)["step"] for line in stored_metrics.read().splitlines()] == list(range(1, 7))
+    assert any("/tensorboard/events.out.tfevents" in path for path in stored)
     model = Embedder(EmbedderConfig(path=published))  # the next job's model.path
     assert model.encode(["a sentence to embed"]).shape == (1, 64)

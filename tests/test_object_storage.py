@@ -1,5 +1,8 @@
 """Object storage (a local S3 server): the embed job reads its input, model and writes its output in buckets;
-a model directory in a bucket is copied once per machine, weights only where the model is loaded."""
+a model directory in a bucket is copied once per machine, weights only where the model is loaded; training
+metrics reach the bucket. (The MLM job with its data and checkpoints in a bucket: test_job_submit.py.)"""
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -8,9 +11,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raylib.config import ConfigError, EmbedderConfig
+from raylib.config import CheckpointConfig, ConfigError, EmbedderConfig
 from raylib.embed.pipeline import run_embed
 from raylib.models.embedder import Embedder, fetch_weights, resolve_model_path, resolve_spec
+from raylib.train.common import MetricsLog
 from tests.test_embed_pipeline import job_config
 
 
@@ -83,3 +87,22 @@ def test_remote_model_without_weights_is_a_config_error(s3, path, message):
         out.write(b"{}")
     with pytest.raises(ConfigError, match=f"model.path: s3://{path}.* {message}"):
         resolve_spec(EmbedderConfig(path=f"s3://{path}?endpoint_override={endpoint}"))
+
+
+def test_training_metrics_are_copied_to_the_bucket_and_a_restarted_run_continues_them(s3):
+    endpoint, fs = s3
+    fs.create_dir("metrics")
+    checkpoint = CheckpointConfig(storage_path=f"s3://metrics/runs?endpoint_override={endpoint}", name="run")
+    first = MetricsLog(checkpoint, rank=0)
+    first.write({"step": 1, "loss": 2.0})
+    assert fs.get_file_info("metrics/runs/run/metrics.jsonl").type == pafs.FileType.NotFound  # not yet due
+    first.write({"step": 2, "loss": 1.5}, checkpointed=True)
+    MetricsLog(checkpoint, rank=1).write({"step": 2, "loss": 9.0}, checkpointed=True)  # only rank 0 logs
+
+    restarted = MetricsLog(checkpoint, rank=0)  # e.g. on another node after a failure
+    restarted.write({"step": 3, "loss": 1.0}, checkpointed=True)
+    with fs.open_input_stream("metrics/runs/run/metrics.jsonl") as stored:
+        assert [json.loads(line) for line in stored.read().splitlines()] == [
+            {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
+    events = fs.get_file_info(pafs.FileSelector("metrics/runs/run/tensorboard"))
+    assert len([info for info in events if "tfevents" in info.path]) == 2  # one file per writer

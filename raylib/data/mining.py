@@ -25,6 +25,7 @@ from raylib.eval.search import top_k
 from raylib.models.embedder import Embedder, resolve_spec
 from raylib.runtime import init_ray
 
+
 def text_id(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 

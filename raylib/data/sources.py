@@ -204,7 +204,8 @@ def _read_jsonl(fs, piece: Piece, config: InputConfig) -> pa.Table:
         errors.append(error)
         where.append(f"{piece.uri} byte {offset}")
     return pa.table(
-        {"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()), "_error": pa.array(errors, pa.string()),
+        {"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
+         "_error": pa.array(errors, pa.string()),
          "_where": pa.array(where, pa.string())}
     )
 

@@ -77,7 +77,8 @@ class EmbedActor:
             vectors[valid] = self.embedder.embed_tokens(sequences, self.batch_tokens,
                                                         [self.prompt_length] * len(sequences))
         embedding = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), self.embedder.dimensions)
-        return table.drop_columns([TOKENS]).append_column("embedding", embedding).append_column("_tokens", pa.array(lengths, pa.int64()))
+        return (table.drop_columns([TOKENS]).append_column("embedding", embedding)
+                .append_column("_tokens", pa.array(lengths, pa.int64())))
 
 
 @dataclass
@@ -182,7 +183,9 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
 
     missing = {piece.key for piece in pieces} - store.finished()
     if missing:
-        raise RuntimeError(f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job")
+        raise RuntimeError(
+            f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job"
+        )
     return EmbedSummary(
         rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(pieces),
         skipped_pieces=len(pieces) - len(todo), seconds=time.perf_counter() - started,

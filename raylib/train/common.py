@@ -1,10 +1,12 @@
 """What every training job shares around its loop: the TorchTrainer built from the YAML, checkpoint
-report/restore through Ray Train, metrics (JSONL + TensorBoard) and cross-worker sums."""
+report/restore through Ray Train, metrics (JSONL + TensorBoard, local or copied to object storage) and
+cross-worker sums."""
 
 import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -14,7 +16,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from raylib.config import CheckpointConfig, ConfigError, ScalingConfig
-from raylib.data.filesystem import is_remote
+from raylib.data.filesystem import is_remote, resolve
 from raylib.train.engine import TrainEngine
 
 
@@ -122,20 +124,35 @@ def summary_line(verb: str, result: ray.train.Result, checkpoint: CheckpointConf
 
 
 class MetricsLog:
-    """Rank 0 appends each step's metrics to <run dir>/metrics.jsonl and TensorBoard event files in
-    <run dir>/tensorboard (local storage; on object storage the metrics go through ray.train.report only)."""
+    """Rank 0 appends each step's metrics to metrics.jsonl and TensorBoard event files (tensorboard/) in the
+    run's directory. On object storage they are written to a local folder and copied to
+    <storage_path>/<name>/ at each checkpoint and at least every SYNC_SECONDS; a restarted run continues the
+    stored metrics.jsonl."""
 
-    def __init__(self, checkpoint: CheckpointConfig):
-        self.path, self.board = None, None
+    SYNC_SECONDS = 60
+
+    def __init__(self, checkpoint: CheckpointConfig, rank: int):
+        self.path, self.board, self.remote = None, None, None
+        if rank != 0:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
         directory = run_dir(checkpoint)
-        if ray.train.get_context().get_world_rank() == 0 and directory is not None:
-            from torch.utils.tensorboard import SummaryWriter
+        if directory is None:
+            fs, root = resolve(checkpoint.storage_path)
+            self.remote = (fs, f"{root.rstrip('/')}/{checkpoint.name}")
+            directory = Path(tempfile.mkdtemp(prefix="metrics-"))
+            stored = f"{self.remote[1]}/metrics.jsonl"
+            if fs.get_file_info(stored).type == pafs.FileType.File:
+                pafs.copy_files(stored, str(directory / "metrics.jsonl"), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.path = directory, directory / "metrics.jsonl"
+        self.board = SummaryWriter(str(directory / "tensorboard"))
+        self.synced_at = time.monotonic()
 
-            directory.mkdir(parents=True, exist_ok=True)
-            self.path = directory / "metrics.jsonl"
-            self.board = SummaryWriter(str(directory / "tensorboard"))
-
-    def write(self, metrics: dict) -> None:
+    def write(self, metrics: dict, checkpointed: bool = False) -> None:
+        """Log one step's metrics; `checkpointed`: the step saved a checkpoint (object storage: copy up now)."""
         if self.path is None:
             return
         with open(self.path, "a") as log:
@@ -144,6 +161,12 @@ class MetricsLog:
             if name != "step" and isinstance(value, (int, float)):
                 self.board.add_scalar(f"train/{name}", value, metrics["step"])
         self.board.flush()
+        if self.remote and (checkpointed or time.monotonic() - self.synced_at > self.SYNC_SECONDS):
+            fs, run = self.remote
+            fs.create_dir(run, recursive=True)
+            pafs.copy_files(str(self.directory), run, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=fs)
+            self.synced_at = time.monotonic()
 
 
 def set_threads(scaling: ScalingConfig) -> None:

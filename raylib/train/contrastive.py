@@ -234,7 +234,7 @@ def train_loop(loop_config: dict) -> None:
                                  **progress.get("data", {}).get(dataset.name, {}))
         for dataset in config.datasets
     }
-    log = MetricsLog(config.checkpoint)
+    log = MetricsLog(config.checkpoint, ray.train.get_context().get_world_rank())
     workers = ray.train.get_context().get_world_size()
     engine.model.train()
     while step < config.optim.max_steps:
@@ -249,8 +249,8 @@ def train_loop(loop_config: dict) -> None:
                    "loss": loss_sum / (config.optim.grad_accum * workers), "lr": engine.lr, "grad_norm": grad_norm,
                    "scale": float(engine.module.scale()), "seconds": time.perf_counter() - started,
                    "bad_rows": int(bad_rows)}
-        log.write(metrics)
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
+        log.write(metrics, checkpointed=save)
         data = {name: {"epoch": stream.batches.epoch, "skip": stream.batches.taken_in_epoch}
                 for name, stream in streams.items()}
         report(metrics, engine, {"step": step, "data": data}, save)

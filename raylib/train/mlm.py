@@ -107,7 +107,7 @@ def train_loop(loop_config: dict) -> None:
                           epoch=progress.get("epoch", 0), skip=progress.get("batches_in_epoch", 0))
     generator = torch.Generator().manual_seed(config.seed * 1000 + context.get_world_rank() + 7919 * step)
     special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
-    log = MetricsLog(config.checkpoint)
+    log = MetricsLog(config.checkpoint, context.get_world_rank())
     engine.model.train()
     while step < config.optim.max_steps:
         started, loss_sum, tokens = time.perf_counter(), 0.0, 0
@@ -130,8 +130,8 @@ def train_loop(loop_config: dict) -> None:
         if config.scaling.peak_tflops_per_worker:
             peak = config.scaling.peak_tflops_per_worker * 1e12 * workers
             metrics["mfu"] = flops_per_token * metrics["tokens_per_s"] / peak
-        log.write(metrics)
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
+        log.write(metrics, checkpointed=save)
         progress = {"step": step, "epoch": stream.batches.epoch, "batches_in_epoch": stream.batches.taken_in_epoch}
         report(metrics, engine, progress, save)
 
