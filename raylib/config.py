@@ -10,6 +10,8 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from raylib.data.filesystem import is_remote
+
 BUNDLED_MODEL = "bundled"
 
 
@@ -160,7 +162,7 @@ class CheckpointConfig(Strict):
     @classmethod
     def _absolute(cls, value: str) -> str:
         """A local path is made absolute where the config is read: workers run in other directories."""
-        return value if "://" in value else str(Path(value).expanduser().resolve())
+        return value if is_remote(value) else str(Path(value).expanduser().resolve())
 
 
 class MlmJobConfig(Strict):

@@ -89,19 +89,18 @@ def run_dir(checkpoint: CheckpointConfig) -> Path | None:
     return Path(checkpoint.storage_path) / checkpoint.name
 
 
-def model_uri(checkpoint: CheckpointConfig) -> str:
-    """Where a run publishes its model, written the way the next job's model.path takes it
-    (<storage_path>/<name>/model, keeping a URI's options such as ?endpoint_override=)."""
-    directory = run_dir(checkpoint)
-    if directory is not None:
-        return str(directory / "model")
-    base, _, options = checkpoint.storage_path.partition("?")
-    return f"{base.rstrip('/')}/{checkpoint.name}/model" + (f"?{options}" if options else "")
+def run_uri(checkpoint: CheckpointConfig, *parts: str) -> str:
+    """<storage_path>/<name>[/parts], written the way a config takes it (a URI keeps its options, such as
+    ?endpoint_override=)."""
+    base, options = checkpoint.storage_path, ""
+    if is_remote(base):
+        base, _, options = base.partition("?")
+    return "/".join([base.rstrip("/"), checkpoint.name, *parts]) + (f"?{options}" if options else "")
 
 
 def publish_model(result: ray.train.Result, checkpoint: CheckpointConfig) -> str | None:
-    """Copy the last checkpoint's model/ to model_uri(checkpoint), the fixed place where the next job's config
-    finds it; returns that URI (None when the run saved no checkpoint)."""
+    """Copy the last checkpoint's model/ to <storage_path>/<name>/model, the fixed place where the next job's
+    config finds it; returns that URI (None when the run saved no checkpoint)."""
     if result.checkpoint is None:
         return None
     fs, target = result.checkpoint.filesystem, f"{result.path}/model"
@@ -109,7 +108,7 @@ def publish_model(result: ray.train.Result, checkpoint: CheckpointConfig) -> str
         fs.delete_dir(target)
     fs.create_dir(target, recursive=True)
     pafs.copy_files(f"{result.checkpoint.path}/model", target, source_filesystem=fs, destination_filesystem=fs)
-    return model_uri(checkpoint)
+    return run_uri(checkpoint, "model")
 
 
 def summary_line(verb: str, result: ray.train.Result, checkpoint: CheckpointConfig, seconds: float,
@@ -139,10 +138,9 @@ class MetricsLog:
 
         directory = run_dir(checkpoint)
         if directory is None:
-            fs, root = resolve(checkpoint.storage_path)
-            self.remote = (fs, f"{root.rstrip('/')}/{checkpoint.name}")
+            self.remote = fs, run = resolve(run_uri(checkpoint))
             directory = Path(tempfile.mkdtemp(prefix="metrics-"))
-            stored = f"{self.remote[1]}/metrics.jsonl"
+            stored = f"{run}/metrics.jsonl"
             if fs.get_file_info(stored).type == pafs.FileType.File:
                 pafs.copy_files(stored, str(directory / "metrics.jsonl"), source_filesystem=fs,
                                 destination_filesystem=pafs.LocalFileSystem())
