@@ -10,13 +10,17 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from raylib.data.filesystem import is_remote
+from raylib.data.filesystem import is_remote, redact
 
 BUNDLED_MODEL = "bundled"
 
 
 class ConfigError(Exception):
-    """A bad config or input path, reported to the user as one line (exit code 2)."""
+    """A bad config or input path, reported to the user as one line (exit code 2); credentials in URIs are
+    left out."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class Strict(BaseModel):

@@ -2,7 +2,9 @@
 a model directory in a bucket is copied once per machine, weights only where the model is loaded; training
 metrics reach the bucket. (The MLM job with its data and checkpoints in a bucket: test_job_submit.py.)"""
 
+import fcntl
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -12,10 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylib.config import CheckpointConfig, ConfigError, EmbedderConfig
+from raylib.data.filesystem import copy_location, local_copy, remote_files
 from raylib.embed.pipeline import run_embed
 from raylib.models.embedder import Embedder, fetch_weights, resolve_model_path, resolve_spec
 from raylib.train.common import MetricsLog
 from tests.test_embed_pipeline import job_config
+
+SECRET = "testing:top-secret-key"  # user info in a URI: the local server takes any credentials
 
 
 def upload_bundled_model(fs: pafs.FileSystem, path: str) -> None:
@@ -34,11 +39,15 @@ def test_embed_job_reads_and_writes_buckets_and_resumes_from_its_manifest(ray_se
         pq.write_table(pa.table({"id": [row["id"] for row in part], "text": [row["text"] for row in part]}),
                        f"corpus/docs/shard-{shard}.parquet", filesystem=fs, row_group_size=20)
     options = f"?endpoint_override={endpoint}"
-    config = job_config(f"s3://corpus/docs{options}", f"s3://corpus/vectors{options}",
-                        input={"rows_per_piece": 20}, model={"path": f"s3://models/minilm{options}"})
+    config = job_config(f"s3://corpus/docs{options}", f"s3://{SECRET}@corpus/vectors{options}",
+                        input={"rows_per_piece": 20}, model={"path": f"s3://{SECRET}@models/minilm{options}"})
 
     summary = run_embed(config)
     assert (summary.rows, summary.errors, summary.pieces) == (120, 0, 6)
+    assert "output=s3://***@corpus/vectors" in summary.line() and SECRET not in summary.line()
+    with fs.open_input_stream("corpus/vectors/_manifest/_job.json") as handle:
+        recorded = json.loads(handle.read())
+    assert recorded["model.path"].startswith("s3://***@models/minilm") and SECRET not in json.dumps(recorded)
     written = {info.path for info in fs.get_file_info(pafs.FileSelector("corpus/vectors", recursive=True))}
     assert sum(path.startswith("corpus/vectors/_manifest/") and path.endswith(".json") for path in written) == 7
     assert not any(path.startswith("corpus/vectors/_tmp/") and path.endswith(".parquet") for path in written)
@@ -77,16 +86,38 @@ def test_remote_model_is_copied_without_weights_until_loaded_and_again_when_repu
 
 
 @pytest.mark.parametrize("path, message", [
-    ("models/empty", "is not a directory"),
-    ("models/no-weights", "has no safetensors weights"),
+    ("models/empty", "model.path: s3://models/empty.* is not a directory"),
+    ("models/no-weights", "model.path: s3://models/no-weights.* has no safetensors weights"),
+    (f"{SECRET}@models/empty", r"model.path: s3://\*\*\*@models/empty.* is not a directory"),
 ])
 def test_remote_model_without_weights_is_a_config_error(s3, path, message):
     endpoint, fs = s3
     fs.create_dir("models")
     with fs.open_output_stream("models/no-weights/config.json") as out:
         out.write(b"{}")
-    with pytest.raises(ConfigError, match=f"model.path: s3://{path}.* {message}"):
+    with pytest.raises(ConfigError, match=message) as error:
         resolve_spec(EmbedderConfig(path=f"s3://{path}?endpoint_override={endpoint}"))
+    assert SECRET not in str(error.value)
+
+
+def test_processes_copying_one_remote_model_at_once_take_turns(s3):
+    endpoint, fs = s3
+    upload_bundled_model(fs, "models/contended")
+    uri = f"s3://models/contended?endpoint_override={endpoint}"
+    files = remote_files(uri)
+    copy = copy_location(uri, files)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with open(copy.with_name(f"{copy.name}.lock"), "a") as held:  # another process is fetching this copy
+        fcntl.flock(held, fcntl.LOCK_EX)
+        copier = threading.Thread(target=local_copy, args=(uri, files))
+        copier.start()
+        copier.join(1.0)
+        assert copier.is_alive()  # waits for the holder instead of downloading the same files again
+        assert not any(path.is_file() for path in copy.rglob("*"))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    copier.join(60)
+    assert not copier.is_alive()
+    assert {str(path.relative_to(copy)) for path in copy.rglob("*") if path.is_file()} == set(files)
 
 
 def test_training_metrics_are_copied_to_the_bucket_and_a_restarted_run_continues_them(s3):

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import posixpath
+import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+_USER_INFO = re.compile(r"\b([a-zA-Z][\w+.-]*://)[^/@\s]+@")
+
 
 def is_remote(uri: str) -> bool:
     return "://" in uri
+
+
+def redact(text: str) -> str:
+    """`text` with the user:secret@ part of every URI in it replaced by ***@, for what is printed or stored."""
+    return _USER_INFO.sub(r"\1***@", text)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -37,25 +47,44 @@ def remote_files(uri: str) -> dict[str, pafs.FileInfo]:
     return {posixpath.relpath(info.path, root): info for info in infos if info.type == pafs.FileType.File}
 
 
+def copy_location(uri: str, files: dict[str, pafs.FileInfo]) -> Path:
+    """Where local_copy keeps its copy of `files`: a folder named by a hash of their paths, sizes and
+    modification times, so a directory published again is fetched anew."""
+    root = resolve(uri)[1]
+    listing = [root] + [[name, info.size, info.mtime_ns] for name, info in sorted(files.items())]
+    key = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    return cache_dir() / "copies" / f"{posixpath.basename(root.rstrip('/')) or 'root'}-{key}"
+
+
 def local_copy(uri: str, files: dict[str, pafs.FileInfo], skip: Callable[[str], bool] = lambda name: False) -> Path:
     """A local copy of `files` (from remote_files(uri)) but those `skip` names, shared by one machine's processes.
 
-    The copy's folder is named by a hash of the files' paths, sizes and modification times, so a directory
-    published again is fetched anew, and a later call with a narrower `skip` adds only the missing files.
-    Each file lands by rename: processes fetching at once never read half a file.
+    A later call with a narrower `skip` adds only the missing files. Processes fetching the same copy at
+    once take turns (a lock file beside it): the first downloads, the others find the files in place. Each
+    file lands by rename: a reader never sees half a file.
     """
-    fs, root = resolve(uri)
-    listing = [root] + [[name, info.size, info.mtime_ns] for name, info in sorted(files.items())]
-    key = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
-    directory = cache_dir() / "copies" / f"{posixpath.basename(root.rstrip('/')) or 'root'}-{key}"
-    for name, info in files.items():
-        target = directory / name
-        if skip(name) or (target.is_file() and target.stat().st_size == info.size):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-        with fs.open_input_stream(info.path) as source, open(partial, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 22)
-        os.replace(partial, target)
+    fs = resolve(uri)[0]
+    directory = copy_location(uri, files)
     directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory.with_name(f"{directory.name}.lock")):
+        for name, info in files.items():
+            target = directory / name
+            if skip(name) or (target.is_file() and target.stat().st_size == info.size):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+            with fs.open_input_stream(info.path) as source, open(partial, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 22)
+            os.replace(partial, target)
     return directory
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block; waits while another holds it."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from raylib.config import ConfigError, InputConfig, MineJobConfig
-from raylib.data.filesystem import resolve
+from raylib.data.filesystem import redact, resolve
 from raylib.data.pairs import raw_pairs, row_error
 from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
 from raylib.eval.retrieval import embed_texts
@@ -42,7 +42,7 @@ class MiningSummary:
 
     def line(self) -> str:
         return (f"mined pairs={self.pairs} errors={self.errors} short={self.short} filtered={self.filtered} "
-                f"seconds={self.seconds:.1f} output={self.output}")
+                f"seconds={self.seconds:.1f} output={redact(self.output)}")
 
 
 def read_pairs(config: MineJobConfig) -> tuple[list[dict], list[dict]]:

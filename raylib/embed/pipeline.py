@@ -20,6 +20,7 @@ import ray
 import torch
 
 from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig, InputConfig
+from raylib.data.filesystem import redact
 from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
 from raylib.embed.store import OutputStore
 from raylib.embed.writer import PieceWriter
@@ -96,19 +97,21 @@ class EmbedSummary:
         return (
             f"embedded rows={self.rows} errors={self.errors} pieces={self.pieces} skipped={self.skipped_pieces} "
             f"seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} tokens/s={self.tokens / rate:.0f} "
-            f"output={self.output}"
+            f"output={redact(self.output)}"
         )
 
 
 def _settings(config: EmbedJobConfig) -> dict:
-    """What the vectors depend on: a re-run into the same output must not change any of it."""
+    """What the vectors depend on: a re-run into the same output must not change any of it. Credentials in
+    URIs are left out (stored in the output; rotating them changes nothing)."""
     keep = ("path", "format", "id_column", "text_column", "rows_per_piece", "bytes_per_piece")
-    return {
+    settings = {
         **{f"input.{key}": getattr(config.input, key) for key in keep},
         **{f"model.{key}": value for key, value in config.model.model_dump().items()},
         "input_type": config.input_type,
         "output.dtype": config.output.dtype,
     }
+    return {key: redact(value) if key.endswith(".path") else value for key, value in settings.items()}
 
 
 def _check_resources(config: EmbedJobConfig) -> None:

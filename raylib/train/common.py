@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchTrainer
 
 from raylib.config import CheckpointConfig, ConfigError, ScalingConfig
-from raylib.data.filesystem import is_remote, resolve
+from raylib.data.filesystem import is_remote, redact, resolve
 from raylib.train.engine import TrainEngine
 
 
@@ -119,7 +119,7 @@ def summary_line(verb: str, result: ray.train.Result, checkpoint: CheckpointConf
     shown = " ".join(f"{name}={value:.1f}" if isinstance(value, float) else f"{name}={value}"
                      for name, value in values.items())
     return (f"{verb} steps={metrics.get('step')} loss={metrics.get('loss', float('nan')):.4f} {shown} "
-            f"seconds={seconds:.1f} model={publish_model(result, checkpoint)}")
+            f"seconds={seconds:.1f} model={redact(str(publish_model(result, checkpoint)))}")
 
 
 class MetricsLog:
