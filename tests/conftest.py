@@ -68,3 +68,9 @@ def copy_bundled_tokenizer(directory: Path) -> None:
 def write_jsonl(path, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def assert_resumed_from_a_checkpoint(before: list[int], resumed_at: int, every: int) -> None:
+    """A restarted run went on from a checkpoint the failed one saved (not from step 0, not past the failure):
+    `before` holds the steps logged before the restart."""
+    assert 1 < resumed_at <= before[-1] + 1 and (resumed_at - 1) % every == 0, (before, resumed_at)

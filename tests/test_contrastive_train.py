@@ -30,9 +30,9 @@ def job(pairs: Path, storage: Path, **changes) -> ContrastiveJobConfig:
         "model": {"path": "bundled", "max_length": 64},
         "datasets": [{"name": "docstrings", "path": str(pairs)}],
         "hard_negatives": 1, "batch_size": 16,
-        "optim": {"lr": 8e-5, "warmup_steps": 3, "max_steps": 30},
+        "optim": {"lr": 1.2e-4, "warmup_steps": 2, "max_steps": 15},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.75, "threads_per_worker": 1},
-        "checkpoint": {"storage_path": str(storage), "name": "finetune", "every_steps": 30},
+        "checkpoint": {"storage_path": str(storage), "name": "finetune", "every_steps": 15},
         **changes,
     }
     return ContrastiveJobConfig.model_validate(config)
@@ -42,7 +42,7 @@ def test_finetuning_raises_held_out_ndcg_and_exports_a_sentence_transformer(ray_
     write_jsonl(tmp_path / "pairs" / "pairs.jsonl", BAD_ROWS + docstring_training_rows(limit=1200, negatives=1))
     result = run_contrastive(job(tmp_path / "pairs", tmp_path / "runs"))
     rows = [json.loads(line) for line in (tmp_path / "runs" / "finetune" / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, 31)) and rows[-1]["bad_rows"] >= len(BAD_ROWS)
+    assert [row["step"] for row in rows] == list(range(1, 16)) and rows[-1]["bad_rows"] >= len(BAD_ROWS)
 
     trained = Path(result.checkpoint.path) / "model"
     held_out = docstring_set(limit=150)  # the eval split: no docstring of it was trained on
@@ -61,8 +61,8 @@ def test_finetuning_raises_held_out_ndcg_and_exports_a_sentence_transformer(ray_
     ({"datasets": []}, "datasets: List should have at least 1 item"),
     ({"hard_negatives": -1}, "hard_negatives"),
     ({"stages": [{"name": "one", "steps": 10, "datasets": ["docstrings"]}]},
-     "stages: steps add up to 10 but optim.max_steps is 30; make them equal"),
-    ({"stages": [{"name": "one", "steps": 30, "datasets": ["web"]}]},
+     "stages: steps add up to 10 but optim.max_steps is 15; make them equal"),
+    ({"stages": [{"name": "one", "steps": 15, "datasets": ["web"]}]},
      "stages.one.datasets: ['web'] are not in datasets; use ['docstrings']"),
     ({"datasets": [{"name": "d", "path": "p", "query_prefix": "q: ", "instruction": "Find it"}]},
      "dataset d sets both query_prefix and instruction; keep one"),

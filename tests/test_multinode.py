@@ -4,7 +4,7 @@
 import json
 import subprocess
 
-from tests.conftest import BIN, ROOT
+from tests.conftest import BIN, ROOT, assert_resumed_from_a_checkpoint
 
 
 def scenario(name: str, scratch) -> dict:
@@ -22,11 +22,10 @@ def test_embed_actors_spread_over_nodes_and_the_output_is_complete(tmp_path):
 def test_training_resumes_from_shared_storage_after_a_node_is_removed(tmp_path):
     seen = scenario("train_survives_node_removal", tmp_path)
     steps = seen["steps"]
-    assert seen["error"] == "None" and steps[-1] == 16
+    assert seen["error"] == "None" and steps[-1] == 40
     restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
     assert len(restarts) == 1, steps
-    resumed_at = steps[restarts[0]]
-    assert resumed_at > 1 and (resumed_at - 1) % 5 == 0 and resumed_at <= seen["removed_after_step"] + 1, seen
+    assert_resumed_from_a_checkpoint(steps[:restarts[0]], steps[restarts[0]], every=5)
     assert (tmp_path / "runs" / "mlm").is_dir() and seen["checkpoint"].startswith(str(tmp_path / "runs" / "mlm"))
 
 

@@ -20,14 +20,42 @@ from raylib.data.filesystem import is_remote, redact, resolve
 from raylib.train.engine import TrainEngine
 
 
-def report(metrics: dict, engine: TrainEngine, progress: dict, save: bool) -> None:
-    """ray.train.report the step's metrics; when `save`, every rank adds its part of a checkpoint."""
-    if not save:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        engine.save(Path(directory), progress)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+class TrainReports:
+    """Sends steps to ray.train.report: every checkpoint, and otherwise at most one each SECONDS, decided alike
+    on all workers. Ray Train's controller takes one report per worker per poll (every 2 s by default): a
+    step that reports before the last report was taken waits for it, so reporting every step would hold a
+    fast run to one step per poll. metrics.jsonl and TensorBoard (MetricsLog) still get every step."""
+
+    SECONDS = 5.0
+
+    def __init__(self, engine: TrainEngine):
+        self.engine, self.reported_at = engine, None
+
+    def step(self, metrics: dict, progress: dict, save: bool) -> None:
+        """Report this step if it saves or is due; when `save`, every rank adds its part of a checkpoint."""
+        due = self.reported_at is None or time.monotonic() - self.reported_at >= self.SECONDS
+        if not save and all_sum([float(due)])[0] == 0:
+            return
+        self.reported_at = time.monotonic()
+        if not save:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            self.engine.save(Path(directory), progress)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+class StepClock:
+    """Wall-clock seconds per step: lap() gives the time since the last lap (the first: since creation), so a
+    step's figure includes the logging, reporting and checkpointing of the step before it."""
+
+    def __init__(self):
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now
+        return seconds
 
 
 def restore(engine: TrainEngine) -> dict:
@@ -77,7 +105,8 @@ def all_sum(values: list[float]) -> list[float]:
     """Element-wise sum over all workers (the values themselves outside a process group)."""
     if not dist.is_initialized():
         return values
-    tensor = torch.tensor(values, dtype=torch.float64)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
 

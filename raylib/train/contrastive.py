@@ -27,11 +27,12 @@ from raylib.models.pooling import pool_hidden
 from raylib.runtime import init_ray
 from raylib.train.common import (
     MetricsLog,
+    StepClock,
     SyncedStream,
+    TrainReports,
     all_sum,
     build_trainer,
     check_room_for_data,
-    report,
     restore,
     set_threads,
     summary_line,
@@ -236,9 +237,10 @@ def train_loop(loop_config: dict) -> None:
     }
     log = MetricsLog(config.checkpoint, ray.train.get_context().get_world_rank())
     workers = ray.train.get_context().get_world_size()
+    reports, clock = TrainReports(engine), StepClock()
     engine.model.train()
     while step < config.optim.max_steps:
-        started, loss_sum = time.perf_counter(), 0.0
+        loss_sum = 0.0
         stage, name = config.stage_at(step), dataset_for_step(config, step)
         for rows in streams[name].batches.take(config.optim.grad_accum):
             loss_sum += train_micro_batch(engine, tokenizers[name], rows, config, stage)
@@ -247,13 +249,13 @@ def train_loop(loop_config: dict) -> None:
         loss_sum, bad_rows = all_sum([loss_sum, sum(stream.bad_rows for stream in streams.values())])
         metrics = {"step": step, "stage": stage.name, "dataset": name,
                    "loss": loss_sum / (config.optim.grad_accum * workers), "lr": engine.lr, "grad_norm": grad_norm,
-                   "scale": float(engine.module.scale()), "seconds": time.perf_counter() - started,
+                   "scale": float(engine.module.scale()), "seconds": clock.lap(),
                    "bad_rows": int(bad_rows)}
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
         log.write(metrics, checkpointed=save)
         data = {name: {"epoch": stream.batches.epoch, "skip": stream.batches.taken_in_epoch}
                 for name, stream in streams.items()}
-        report(metrics, engine, {"step": step, "data": data}, save)
+        reports.step(metrics, {"step": step, "data": data}, save)
 
 
 def check_datasets(config: ContrastiveJobConfig) -> None:

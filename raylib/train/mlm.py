@@ -17,11 +17,12 @@ from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
 from raylib.runtime import init_ray
 from raylib.train.common import (
     MetricsLog,
+    StepClock,
     SyncedStream,
+    TrainReports,
     all_sum,
     build_trainer,
     check_room_for_data,
-    report,
     restore,
     set_threads,
     summary_line,
@@ -108,9 +109,10 @@ def train_loop(loop_config: dict) -> None:
     generator = torch.Generator().manual_seed(config.seed * 1000 + context.get_world_rank() + 7919 * step)
     special = [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
     log = MetricsLog(config.checkpoint, context.get_world_rank())
+    reports, clock = TrainReports(engine), StepClock()
     engine.model.train()
     while step < config.optim.max_steps:
-        started, loss_sum, tokens = time.perf_counter(), 0.0, 0
+        loss_sum, tokens = 0.0, 0
         for batch in stream.batches.take(config.optim.grad_accum):
             input_ids, labels = mask_tokens(batch, config.mask_probability, tokenizer.mask_token_id,
                                             len(tokenizer), special, generator)
@@ -121,7 +123,7 @@ def train_loop(loop_config: dict) -> None:
             tokens += input_ids.numel()
         grad_norm = engine.finish_step()
         step += 1
-        seconds = time.perf_counter() - started
+        seconds = clock.lap()
         loss_sum, tokens, bad_rows = all_sum([loss_sum, tokens, stream.bad_rows])
         workers = context.get_world_size()
         metrics = {"step": step, "epoch": stream.batches.epoch, "loss": loss_sum / (config.optim.grad_accum * workers),
@@ -133,7 +135,7 @@ def train_loop(loop_config: dict) -> None:
         save = step % config.checkpoint.every_steps == 0 or step == config.optim.max_steps
         log.write(metrics, checkpointed=save)
         progress = {"step": step, "epoch": stream.batches.epoch, "batches_in_epoch": stream.batches.taken_in_epoch}
-        report(metrics, engine, progress, save)
+        reports.step(metrics, progress, save)
 
 
 def with_tokenizer(tokenizer):
