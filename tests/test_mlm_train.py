@@ -10,12 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from raylib.config import EmbedderConfig, MlmJobConfig, job_main
 from raylib.data.mlm import mask_tokens, pack_windows
 from raylib.models.embedder import Embedder, resolve_model_path
+from raylib.runtime import free_port
+from raylib.train.common import TrainReports
 from raylib.train.mlm import run_mlm
 from tests.conftest import assert_resumed_from_a_checkpoint, write_jsonl
 
@@ -80,6 +84,41 @@ def test_masking_rates_and_special_tokens():
     kept = (masked[picked] == input_ids[picked]).float().mean().item()
     assert abs(to_mask - 0.8) < 0.01 and abs(kept - 0.1) < 0.01  # the rest (~10%) are random tokens
     assert torch.equal(masked[~picked], input_ids[~picked])
+
+
+def _reporting_worker(rank: int, port: int, seconds_since_report: list, results) -> None:
+    """For each step, make this rank's last report that many seconds old (None: never), call TrainReports.step and
+    note whether it went to ray.train.report (which raises outside a Ray Train run)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    reports, sent = TrainReports(engine=None), []
+    for ages in seconds_since_report:
+        reports.reported_at = None if ages[rank] is None else time.monotonic() - ages[rank]
+        try:
+            reports.step({"step": len(sent) + 1}, {}, save=False)
+            sent.append(False)
+        except RuntimeError as error:
+            assert "outside of a Ray Train training function" in str(error)
+            sent.append(True)
+    results.put((rank, sent))
+    dist.destroy_process_group()
+
+
+def test_workers_report_to_ray_train_together_and_at_most_every_few_seconds():
+    due, recent = TrainReports.SECONDS + 1, 0.0
+    seconds_since_report = [(None, None), (recent, recent), (due, recent), (recent, due), (due, due)]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_reporting_worker, args=(rank, port, seconds_since_report, results))
+               for port in [free_port()] for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    sent = dict(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    # one rank due is enough: every rank reports (Ray Train's report is a collective step)
+    assert sent[0] == sent[1] == [True, False, True, True, True]
 
 
 def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tmp_path, documents):
