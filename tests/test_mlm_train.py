@@ -60,7 +60,8 @@ def logged(storage: Path, name: str) -> list[dict]:
 
 def mlm_loss(model, input_ids: torch.Tensor, generator_seed: int = 0) -> float:
     """MLM loss of `model` on windows masked with a fixed seed."""
-    masked, labels = mask_tokens(input_ids, 0.3, 103, 30522, [101, 102, 0], torch.Generator().manual_seed(generator_seed))
+    generator = torch.Generator().manual_seed(generator_seed)
+    masked, labels = mask_tokens(input_ids, 0.3, 103, 30522, [101, 102, 0], generator)
     with torch.no_grad():
         return float(model(input_ids=masked, labels=labels).loss)
 
@@ -211,7 +212,8 @@ def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"architecture": {"n_embd": 100, "n_head": 3}}, "architecture: nomic_bert config: n_embd (100) must be divisible by n_head (3)"),
+        ({"architecture": {"n_embd": 100, "n_head": 3}},
+         "architecture: nomic_bert config: n_embd (100) must be divisible by n_head (3)"),
         ({"seq_len": 9000}, "seq_len: 9000 is longer than architecture.n_positions"),
         ({"data": {"path": "/nonexistent/texts"}}, "input.path: /nonexistent/texts does not exist"),
         ({"tokenizer": "/tmp"}, "tokenizer: /tmp has no tokenizer_config.json"),
