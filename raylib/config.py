@@ -41,6 +41,8 @@ class EmbedderConfig(Strict):
     query_prefix: str | None = None  # None: the model's own "query" prompt, if any
     document_prefix: str | None = None
     trust_remote_code: bool = False
+    # fp32 | bf16 (autocast) | auto: bf16 where the device computes it natively (GPU; CPU with AVX-512 BF16/AMX)
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
 
     @field_validator("path")
     @classmethod

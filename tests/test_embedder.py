@@ -46,6 +46,17 @@ def test_matryoshka_truncates_and_renormalises(embedder, documents):
     assert np.allclose(small, expected, atol=1e-5)
 
 
+def test_bf16_autocast_stays_within_cosine_0_999_and_auto_follows_the_cpu(embedder, documents):
+    texts = [doc["text"] for doc in documents[:48]]
+    full = embedder.encode(texts)
+    bf16 = Embedder(EmbedderConfig(precision="bf16")).encode(texts)
+    assert not np.array_equal(bf16, full)  # the forward really ran in bf16
+    assert cosine(bf16, full).min() >= 0.999
+    auto = Embedder(EmbedderConfig(precision="auto"))
+    assert auto.precision == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
+    assert np.array_equal(auto.encode(texts), bf16 if auto.precision == "bf16" else full)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "last"])
 def test_pooling_modes_pick_the_right_token(pooling, documents):
     model = Embedder(EmbedderConfig(pooling=pooling, normalize=False))

@@ -23,6 +23,7 @@ from raylib.models.batching import token_budget_batches
 from raylib.models.bidirectional import make_bidirectional
 from raylib.models.latent_attention import load_head
 from raylib.models.pooling import pool_hidden
+from raylib.models.precision import autocast, resolve_precision
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
@@ -122,6 +123,7 @@ class ModelSpec:
     trust_remote_code: bool
     include_prompt: bool = True  # False: the prefix tokens are left out of pooling
     latent_head: Path | None = None  # the latent-attention head's folder, for pooling "latent"
+    precision: str = "fp32"  # as configured: fp32, bf16 or auto (resolved per device by the Embedder)
 
 
 def resolve_spec(config: EmbedderConfig) -> ModelSpec:
@@ -165,6 +167,7 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
         include_prompt=config.include_prompt if config.include_prompt is not None
         else declared.get("include_prompt", True),
         latent_head=declared.get("latent_head"),
+        precision=config.precision,
     )
 
 
@@ -216,6 +219,7 @@ class Embedder:
         self.spec = spec
         self.dimensions = spec.dimensions
         self.device = torch.device(device)
+        self.precision = resolve_precision(spec.precision, self.device)
         self.tokenize = PromptTokenizer(spec)
         self.model = AutoModel.from_pretrained(
             fetch_weights(spec), use_safetensors=True, trust_remote_code=spec.trust_remote_code
@@ -238,7 +242,8 @@ class Embedder:
         prompt_lengths: leading tokens of each row that pooling leaves out (see PromptTokenizer.prompt_length)."""
         input_ids, attention_mask = pad_token_ids(token_ids, self.tokenize.pad_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with autocast(self.precision, self.device):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
         lengths = None if prompt_lengths is None else torch.as_tensor(prompt_lengths)
         vectors = pool_hidden(hidden, attention_mask, lengths, self.spec.pooling, self.head)[:, : self.dimensions]
         if self.spec.normalize:
