@@ -79,9 +79,11 @@ async def run_load(url: str, texts: list[str], clients: int, halfway=None) -> di
 
 
 def model_batching_ceiling(texts: list[str], threads: int = 1) -> dict:
-    """Rows/s of the bare model one row per forward vs 32 rows per forward: what batching can gain at most."""
+    """Rows/s of the bare model (as serve/config.yaml configures it) one row per forward vs 32 rows per
+    forward: what batching can gain at most."""
     torch.set_num_threads(threads)
-    embedder = Embedder(EmbedderConfig())
+    served = default_config()["applications"][0]["args"]["models"][0]["model"]
+    embedder = Embedder(EmbedderConfig.model_validate(served))
     token_ids = embedder.tokenize(texts)
     rates = {}
     for rows in (1, 32):
@@ -90,7 +92,7 @@ def model_batching_ceiling(texts: list[str], threads: int = 1) -> dict:
             embedder.embed_tokens(token_ids[start : start + rows], batch_tokens=1 << 20)
         rates[rows] = len(token_ids) / (time.perf_counter() - started)
     return {"rows_per_s_single": round(rates[1], 1), "rows_per_s_batch32": round(rates[32], 1),
-            "ratio": round(rates[32] / rates[1], 2), "threads": threads}
+            "ratio": round(rates[32] / rates[1], 2), "threads": threads, "precision": embedder.precision}
 
 
 def kill_one_replica() -> None:
