@@ -180,7 +180,7 @@ class MlmJobConfig(Strict):
     seq_len: int = Field(128, gt=2)
     mask_probability: float = Field(0.3, gt=0, lt=1)
     batch_size: int = Field(8, gt=0)  # sequences per worker per micro-batch
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp32"] = "bf16"  # auto: bf16 where the GPU or CPU computes it natively
     seed: int = 0
     optim: OptimConfig
     scaling: ScalingConfig = ScalingConfig()
@@ -255,7 +255,7 @@ class ContrastiveJobConfig(Strict):
     temperature: float = Field(0.05, gt=0)
     learnable_temperature: bool = False
     matryoshka_dimensions: list[PositiveInt] | None = None
-    precision: Literal["bf16", "fp32"] = "fp32"
+    precision: Literal["auto", "bf16", "fp32"] = "fp32"  # auto: bf16 where the GPU or CPU computes it natively
     seed: int = 0
     optim: OptimConfig
     scaling: ScalingConfig = ScalingConfig()

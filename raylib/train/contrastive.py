@@ -227,7 +227,7 @@ def train_loop(loop_config: dict) -> None:
     tokenizers = dataset_tokenizers(config, spec)
     torch.manual_seed(config.seed)
     engine = TrainEngine(BiEncoder(config, spec), config.optim, config.strategy, config.batch_size,
-                         config.precision == "bf16", export=exporter(config, spec))
+                         config.precision, export=exporter(config, spec))
     progress = restore(engine)
     step = progress.get("step", 0)
     streams = {

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from raylib.config import OptimConfig, StrategyConfig
+from raylib.models.precision import resolve_precision
 
 STATE_FILE = "training_state.pt"
 PROGRESS_FILE = "progress.json"
@@ -61,17 +62,19 @@ class TrainEngine:
     """Wraps a model for data-parallel training with the strategy of the YAML.
 
     `accumulate(loss)` once per micro-batch; `finish_step()` after `optim.grad_accum` of them applies the
-    update and returns the gradient norm. With DDP, bf16 means autocast over fp32 weights; with DeepSpeed it
-    means DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the optimizer).
+    update and returns the gradient norm. `precision` is fp32, bf16 or auto (bf16 where the device computes it
+    natively). With DDP, bf16 means autocast over fp32 weights; with DeepSpeed it means DeepSpeed's bf16 mode
+    (bf16 weights, fp32 master copy in the optimizer).
     """
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategyConfig, micro_batch: int,
-                 bf16: bool, export: Callable[[torch.nn.Module, dict, Path], None] | None = None):
+                 precision: str, export: Callable[[torch.nn.Module, dict, Path], None] | None = None):
         import ray.train.torch
 
-        self.optim, self.strategy, self.bf16 = optim, strategy, bf16
+        self.optim, self.strategy = optim, strategy
         self.export = export or save_pretrained
         self.device = ray.train.torch.get_device()
+        self.bf16 = resolve_precision(precision, self.device) == "bf16"
         self.module = model
         self._micro = 0
         optimizer, scheduler = build_optimizer(model, optim)
@@ -82,7 +85,7 @@ class TrainEngine:
 
             self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                config=deepspeed_config(optim, strategy, micro_batch, bf16),
+                config=deepspeed_config(optim, strategy, micro_batch, self.bf16),
             )
         else:
             self.optimizer, self.scheduler = optimizer, scheduler

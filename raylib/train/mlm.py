@@ -100,7 +100,7 @@ def train_loop(loop_config: dict) -> None:
     model_config = architecture(config)
     model = NomicBertForMaskedLM(model_config)
     flops_per_token = step_flops_per_token(sum(p.numel() for p in model.parameters()), model_config, config.seq_len)
-    engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision == "bf16",
+    engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision,
                          export=with_tokenizer(tokenizer))
     progress = restore(engine)
     step = progress.get("step", 0)
