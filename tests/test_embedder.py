@@ -7,7 +7,7 @@ from sentence_transformers import SentenceTransformer
 
 from raylib.config import ConfigError, EmbedderConfig
 from raylib.models.batching import token_budget_batches
-from raylib.models.embedder import Embedder, resolve_spec
+from raylib.models.embedder import Embedder, pad_token_ids, resolve_spec
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -55,6 +55,15 @@ def test_bf16_autocast_stays_within_cosine_0_999_and_auto_follows_the_cpu(embedd
     auto = Embedder(EmbedderConfig(precision="auto"))
     assert auto.precision == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
     assert np.array_equal(auto.encode(texts), bf16 if auto.precision == "bf16" else full)
+
+
+def test_padding_rounds_up_to_a_multiple_within_the_limit():
+    input_ids, mask = pad_token_ids([[5, 6, 7], [8]], pad_id=0, multiple=16)
+    assert input_ids.shape == mask.shape == (2, 16)
+    assert input_ids[0, :4].tolist() == [5, 6, 7, 0] and mask.sum(1).tolist() == [3, 1]
+    assert pad_token_ids([[1] * 30], 0, multiple=16, limit=31)[0].shape == (1, 31)
+    assert pad_token_ids([[1] * 40], 0, multiple=16, limit=31)[0].shape == (1, 40)  # never cuts a row
+    assert Embedder(EmbedderConfig(precision="bf16")).pad_multiple == 16
 
 
 @pytest.mark.parametrize("pooling", ["cls", "last"])
