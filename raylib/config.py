@@ -271,6 +271,9 @@ class ContrastiveJobConfig(Strict):
             raise ValueError("instruction_template: must contain {instruction}")
         if self.grad_cache_chunk and self.strategy.kind != "ddp":
             raise ValueError("grad_cache_chunk: GradCache runs with strategy.kind ddp; remove one of them")
+        if self.model.precision != "fp32":
+            raise ValueError("model.precision: sets inference precision; training uses the top-level precision "
+                             "(fp32, bf16 or auto); move it there")
         if self.grad_cache_chunk and self.learnable_temperature:
             raise ValueError("grad_cache_chunk: GradCache needs a fixed temperature; set learnable_temperature: false")
         for stage in self.stages or []:

@@ -68,6 +68,7 @@ def test_finetuning_raises_held_out_ndcg_and_exports_a_sentence_transformer(ray_
      "dataset d sets both query_prefix and instruction; keep one"),
     ({"grad_cache_chunk": 4, "strategy": {"kind": "deepspeed"}}, "grad_cache_chunk: GradCache runs with strategy"),
     ({"model": {"pooling": "max"}}, "model.pooling: Input should be"),
+    ({"model": {"precision": "bf16"}}, "model.precision: sets inference precision; training uses the top-level"),
 ])
 def test_bad_config_fails_before_training(tmp_path, capsys, change, message):
     config = job(tmp_path, tmp_path / "runs").model_dump()
