@@ -1,4 +1,5 @@
-"""Inference precision: fp32, or bf16 autocast (matmuls in bf16, norms and softmax in fp32)."""
+"""Precision of the forward pass, for inference and training: fp32, or bf16 autocast (matmuls in bf16, norms
+and softmax in fp32)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from raylib.config import OptimConfig, StrategyConfig
-from raylib.models.precision import resolve_precision
+from raylib.models.precision import autocast, resolve_precision
 
 STATE_FILE = "training_state.pt"
 PROGRESS_FILE = "progress.json"
@@ -97,9 +97,7 @@ class TrainEngine:
 
     def autocast(self):
         """The forward-pass context: autocast to bf16 for DDP; DeepSpeed's bf16 weights need none."""
-        if self.bf16 and self.strategy.kind == "ddp":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast("bf16" if self.bf16 and self.strategy.kind == "ddp" else "fp32", self.device)
 
     def accumulate(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss (gradients are synchronised on the step's last micro-batch)."""
