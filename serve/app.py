@@ -21,7 +21,8 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
 from raylib.config import BatchingConfig, ConfigError, EmbedderConfig, ServeAppConfig, validate_config
-from raylib.models.embedder import Embedder, ModelSpec, PromptTokenizer, resolve_spec
+from raylib.models.embedder import Embedder, ModelSpec, resolve_spec
+from raylib.models.tokenizer import PromptTokenizer
 from serve.openai_api import (
     ApiError,
     check_token_ids,
@@ -93,7 +94,7 @@ class ServedModel:
 
     @property
     def vocab_size(self) -> int:
-        return len(self.tokenize.tokenizer)
+        return self.tokenize.vocab_size
 
 
 api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None)
@@ -135,7 +136,7 @@ class EmbeddingsAPI:
         self.models = {}
         for served in self.config.models:
             spec = resolve_spec(served.model)
-            self.models[served.name] = ServedModel(spec, PromptTokenizer(spec), handles[served.name])
+            self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), handles[served.name])
         self.default_model = self.config.models[0].name
         self.api_key = os.environ.get(self.config.api_key_env) or None
         self.requests = Counter("embeddings_requests", "embedding requests by model and status",

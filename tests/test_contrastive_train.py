@@ -130,7 +130,7 @@ def test_nvembed_two_stages_train_adapters_and_head_and_export_the_training_vect
     with torch.no_grad():
         expected = torch.nn.functional.normalize(
             trained(input_ids, mask, torch.full((3,), tokenizer.prompt_length("query"))), dim=-1).numpy()
-    instruction = tokenizer.spec.prefixes["query"]
+    instruction = tokenizer.prefixes["query"]
     assert instruction.startswith("Instruct: ") and tokenizer.prompt_length("query") > 5
     ours = Embedder(EmbedderConfig(path=str(exported), query_prefix=instruction)).encode(texts, "query")
     assert np.allclose(ours, expected, atol=1e-5)

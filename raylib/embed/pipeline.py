@@ -7,7 +7,6 @@ every valid input id exactly once, whatever killed the previous run.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -19,43 +18,15 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig, InputConfig
+from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig
 from raylib.data.filesystem import redact
-from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
+from raylib.data.sources import list_input_files, plan_pieces
 from raylib.embed.store import OutputStore
+from raylib.embed.tokenize import TOKENS, tokenize_piece
 from raylib.embed.writer import PieceWriter
-from raylib.models.embedder import Embedder, PromptTokenizer, resolve_spec
+from raylib.models.embedder import Embedder, resolve_spec
+from raylib.models.tokenizer import PromptTokenizer
 from raylib.runtime import init_ray
-
-TOKENS = "input_ids"
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(model_json: str) -> PromptTokenizer:
-    return PromptTokenizer(resolve_spec(EmbedderConfig.model_validate_json(model_json)))
-
-
-def tokenize_piece(batch: pa.Table, input_config: dict, model_json: str, input_type: str, output_uri: str) -> pa.Table:
-    """Read one piece, check its rows and tokenise the good ones (bad rows keep null token ids).
-
-    A piece without rows (a jsonl range inside one long line) has nothing to embed and is committed here.
-    """
-    (fields,) = batch.to_pylist()
-    piece = Piece(**fields)
-    table = read_piece(piece, InputConfig.model_validate(input_config))
-    if len(table) == 0:
-        OutputStore(output_uri).commit_piece(piece.key, None, [], {"rows": 0, "errors": 0, "tokens": 0})
-    texts = table.column("text").to_pylist()
-    good = [row for row, error in enumerate(table.column("_error").to_pylist()) if error is None]
-    token_ids: list = [None] * len(texts)
-    for row, ids in zip(good, _tokenizer(model_json)([texts[row] for row in good], input_type)):
-        token_ids[row] = ids
-    return (
-        table.drop_columns(["text"])
-        .append_column(TOKENS, pa.array(token_ids, pa.list_(pa.int32())))
-        .append_column("_piece", pa.array([piece.key] * len(texts), pa.string()))
-        .append_column("_piece_rows", pa.array([len(texts)] * len(texts), pa.int64()))
-    )
 
 
 class EmbedActor:
@@ -133,7 +104,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     started = time.perf_counter()
     fs, files = list_input_files(config.input)
     pieces = plan_pieces(fs, files, config.input)
-    resolve_spec(config.model)  # a bad model directory fails here, before any Ray work
+    tokenizer = PromptTokenizer.from_spec(resolve_spec(config.model))  # a bad model fails here, before Ray starts
     store = OutputStore(config.output.path)
     store.claim(_settings(config))
     store.discard_temporary()
@@ -151,7 +122,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
                 tokenize_piece,
                 batch_size=1,
                 batch_format="pyarrow",
-                fn_kwargs={"input_config": config.input.model_dump(), "model_json": model_json,
+                fn_kwargs={"input_config": config.input.model_dump(), "tokenizer": tokenizer,
                            "input_type": config.input_type, "output_uri": config.output.path},
                 num_cpus=compute.tokenizer_cpus,
             )

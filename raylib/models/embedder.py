@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
@@ -24,6 +24,7 @@ from raylib.models.bidirectional import make_bidirectional
 from raylib.models.latent_attention import load_head
 from raylib.models.pooling import pool_hidden
 from raylib.models.precision import autocast, resolve_precision
+from raylib.models.tokenizer import PromptTokenizer
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
@@ -171,35 +172,6 @@ def resolve_spec(config: EmbedderConfig) -> ModelSpec:
     )
 
 
-class PromptTokenizer:
-    """The model's tokenizer with the input type's prefix and truncation to the model's max length."""
-
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-    def __call__(self, texts: Sequence[str], input_type: str = "document", truncate: bool = True) -> list[list[int]]:
-        """Token ids of each text with the input type's prefix, truncated to max_length unless `truncate` is off."""
-        prefix = self.spec.prefixes[input_type]
-        encoded = self.tokenizer(
-            [prefix + text for text in texts],
-            truncation=truncate,
-            max_length=self.spec.max_length if truncate else None,
-            verbose=False,
-        )
-        return encoded["input_ids"]
-
-    def prompt_length(self, input_type: str) -> int:
-        """Leading tokens that pooling leaves out for this input type: its prefix's tokens (with the start
-        token, as sentence-transformers counts them) when the model excludes prompts, else 0."""
-        prefix = self.spec.prefixes[input_type]
-        if self.spec.include_prompt or not prefix:
-            return 0
-        ids = self.tokenizer(prefix)["input_ids"]
-        return len(ids) - 1 if ids and ids[-1] in self.tokenizer.all_special_ids else len(ids)
-
-
 def pad_token_ids(token_ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1,
                   limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), right-padded to the longest sequence rounded up to `multiple` (at most
@@ -227,7 +199,7 @@ class Embedder:
         # bf16 kernels are built per input shape (oneDNN on CPUs); rounding lengths up to 16 reuses them: ~15%
         # faster here for the extra padded tokens
         self.pad_multiple = 16 if self.precision == "bf16" else 1
-        self.tokenize = PromptTokenizer(spec)
+        self.tokenize = PromptTokenizer.from_spec(spec)
         self.model = AutoModel.from_pretrained(
             fetch_weights(spec), use_safetensors=True, trust_remote_code=spec.trust_remote_code
         ).to(self.device).eval()

@@ -20,10 +20,11 @@ from raylib.config import ConfigError, ContrastiveJobConfig, InputConfig, StageC
 from raylib.data.pairs import pairs_dataset
 from raylib.data.sources import first_file_columns, list_input_files
 from raylib.models.bidirectional import make_bidirectional
-from raylib.models.embedder import ModelSpec, PromptTokenizer, fetch_weights, pad_token_ids, resolve_spec
+from raylib.models.embedder import ModelSpec, fetch_weights, pad_token_ids, resolve_spec
 from raylib.models.latent_attention import LatentAttentionPooling, load_head, save_head
 from raylib.models.lora import apply_lora, merge_lora_state
 from raylib.models.pooling import pool_hidden
+from raylib.models.tokenizer import PromptTokenizer
 from raylib.runtime import init_ray
 from raylib.train.common import (
     MetricsLog,
@@ -164,7 +165,7 @@ def dataset_tokenizers(config: ContrastiveJobConfig, spec: ModelSpec) -> dict[st
             "query": spec.prefixes["query"] if query is None else query,
             "document": spec.prefixes["document"] if dataset.document_prefix is None else dataset.document_prefix,
         }
-        tokenizers[dataset.name] = PromptTokenizer(dataclasses.replace(spec, prefixes=prefixes))
+        tokenizers[dataset.name] = PromptTokenizer.from_spec(dataclasses.replace(spec, prefixes=prefixes))
     return tokenizers
 
 

@@ -1,0 +1,79 @@
+"""PromptTokenizer: the model's tokenizer with the input type's prefix and truncation, run by the `tokenizers`
+library alone.
+
+It imports neither torch nor transformers, so a process that only tokenises (the embed job's tokenising tasks,
+the serving ingress) starts in a fraction of a second, and it pickles to the backend's JSON. `from_spec` takes
+the backend from transformers' tokenizer of the model directory, as transformers configured it (special
+tokens, post-processor), and calls it the way transformers does: no padding, longest-first truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tokenizers import Tokenizer
+
+from raylib.config import ConfigError
+
+if TYPE_CHECKING:
+    from raylib.models.embedder import ModelSpec
+
+
+class PromptTokenizer:
+    """Token ids of texts with an input type's prefix, truncated to the model's max length."""
+
+    def __init__(self, backend_json: str, prefixes: dict[str, str], max_length: int, include_prompt: bool,
+                 pad_id: int, special_ids: Sequence[int], truncation_side: str = "right",
+                 split_special_tokens: bool = False):
+        self.arguments = (backend_json, prefixes, max_length, include_prompt, pad_id, tuple(special_ids),
+                          truncation_side, split_special_tokens)  # what it pickles to
+        self.prefixes, self.max_length, self.include_prompt = prefixes, max_length, include_prompt
+        self.pad_id, self.special_ids = pad_id, frozenset(special_ids)
+        # two backends, so that calls from several threads never change a shared truncation setting
+        self.whole, self.truncating = Tokenizer.from_str(backend_json), Tokenizer.from_str(backend_json)
+        for backend in (self.whole, self.truncating):
+            backend.no_padding()
+            backend.no_truncation()
+            backend.encode_special_tokens = split_special_tokens
+        self.truncating.enable_truncation(max_length, direction=truncation_side)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> PromptTokenizer:
+        """The tokenizer of the model directory `spec` names, with its prefixes and max length."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
+        if not tokenizer.is_fast:
+            raise ConfigError(
+                f"model.path: {spec.source} has no fast tokenizer; save one into the directory "
+                "(AutoTokenizer.from_pretrained(path).save_pretrained(path) writes tokenizer.json)"
+            )
+        return cls(
+            tokenizer.backend_tokenizer.to_str(), dict(spec.prefixes), spec.max_length, spec.include_prompt,
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, tokenizer.all_special_ids,
+            tokenizer.truncation_side, bool(tokenizer.split_special_tokens),
+        )
+
+    def __reduce__(self):
+        return PromptTokenizer, self.arguments
+
+    def __call__(self, texts: Sequence[str], input_type: str = "document", truncate: bool = True) -> list[list[int]]:
+        """Token ids of each text with the input type's prefix, truncated to max_length unless `truncate` is off."""
+        prefix = self.prefixes[input_type]
+        backend = self.truncating if truncate else self.whole
+        return [encoding.ids for encoding in backend.encode_batch([prefix + text for text in texts])]
+
+    def prompt_length(self, input_type: str) -> int:
+        """Leading tokens that pooling leaves out for this input type: its prefix's tokens (with the start
+        token, as sentence-transformers counts them) when the model excludes prompts, else 0."""
+        prefix = self.prefixes[input_type]
+        if self.include_prompt or not prefix:
+            return 0
+        ids = self.whole.encode(prefix).ids
+        return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids below this are valid (added tokens included)."""
+        return self.whole.get_vocab_size(with_added_tokens=True)

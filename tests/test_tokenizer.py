@@ -1,0 +1,46 @@
+"""PromptTokenizer: the `tokenizers` backend alone gives transformers' token ids, pickles, and stays light."""
+
+import pickle
+import subprocess
+import sys
+
+from transformers import AutoTokenizer
+
+from raylib.config import EmbedderConfig
+from raylib.models.embedder import resolve_spec
+from raylib.models.tokenizer import PromptTokenizer
+
+SPEC = resolve_spec(EmbedderConfig(query_prefix="search_query: ", include_prompt=False))
+
+
+def test_token_ids_match_transformers_with_prefix_and_truncation(documents):
+    texts = [doc["text"] for doc in documents[:200]]
+    texts += ["word " * 600, "", "[CLS] marks [SEP] inside", "héllo wörld 東京"]
+    ours, reference = PromptTokenizer.from_spec(SPEC), AutoTokenizer.from_pretrained(SPEC.directory)
+    for input_type in ("query", "document"):
+        prefixed = [SPEC.prefixes[input_type] + text for text in texts]
+        assert ours(texts, input_type) == reference(prefixed, truncation=True, max_length=256)["input_ids"]
+        whole = ours(texts, input_type, truncate=False)
+        assert whole == reference(prefixed, verbose=False)["input_ids"]
+        assert max(map(len, whole)) > 256 == max(map(len, ours(texts, input_type)))
+
+
+def test_prompt_length_vocab_and_padding_come_from_the_model():
+    tokenizer = PromptTokenizer.from_spec(SPEC)
+    assert tokenizer.prompt_length("query") == 5  # [CLS] search _ query : (the closing [SEP] is not counted)
+    assert tokenizer.prompt_length("document") == 0
+    assert (tokenizer.vocab_size, tokenizer.pad_id) == (30522, 0)
+
+
+def test_pickles_to_the_same_tokenizer(documents):
+    texts = [doc["text"] for doc in documents[:20]]
+    tokenizer = PromptTokenizer.from_spec(SPEC)
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert copy(texts, "query") == tokenizer(texts, "query")
+    assert copy.prompt_length("query") == tokenizer.prompt_length("query")
+
+
+def test_tokenising_stage_imports_neither_torch_nor_transformers():
+    # the embed job's tokenising tasks start in fresh worker processes next to the model actors
+    check = "import sys, raylib.embed.tokenize; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout == "[]\n"
