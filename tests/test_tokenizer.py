@@ -1,12 +1,15 @@
 """PromptTokenizer: the `tokenizers` backend alone gives transformers' token ids, pickles, and stays light."""
 
+import dataclasses
+import json
 import pickle
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoTokenizer
 
-from raylib.config import EmbedderConfig
+from raylib.config import ConfigError, EmbedderConfig
 from raylib.models.embedder import resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 
@@ -44,3 +47,37 @@ def test_tokenising_stage_imports_neither_torch_nor_transformers():
     # the embed job's tokenising tasks start in fresh worker processes next to the model actors
     check = "import sys, raylib.embed.tokenize; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+PYTHON_ONLY_TOKENIZER = '''
+from transformers import PreTrainedTokenizer
+
+
+class WordTokenizer(PreTrainedTokenizer):
+    def __init__(self, **kwargs):
+        self.vocab = {"[PAD]": 0, "[UNK]": 1}
+        super().__init__(pad_token="[PAD]", unk_token="[UNK]", **kwargs)
+
+    @property
+    def vocab_size(self):
+        return len(self.vocab)
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+    def _tokenize(self, text):
+        return text.split()
+
+    def _convert_token_to_id(self, token):
+        return self.vocab.get(token, 1)
+'''
+
+
+def test_a_model_without_a_fast_tokenizer_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "word_tokenizer.py").write_text(PYTHON_ONLY_TOKENIZER)
+    auto_map = {"auto_map": {"AutoTokenizer": ["word_tokenizer.WordTokenizer", None]}}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(auto_map))
+    spec = dataclasses.replace(SPEC, directory=tmp_path, source=str(tmp_path), trust_remote_code=True)
+    refused = r"model.path: .* has no fast tokenizer \(tokenizer.json\); .*save_pretrained\(path\)"
+    with pytest.raises(ConfigError, match=refused):
+        PromptTokenizer.from_spec(spec)

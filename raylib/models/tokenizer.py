@@ -46,8 +46,8 @@ class PromptTokenizer:
         tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
         if not tokenizer.is_fast:
             raise ConfigError(
-                f"model.path: {spec.source} has no fast tokenizer; save one into the directory "
-                "(AutoTokenizer.from_pretrained(path).save_pretrained(path) writes tokenizer.json)"
+                f"model.path: {spec.source} has no fast tokenizer (tokenizer.json); add one where transformers can "
+                "convert it: AutoTokenizer.from_pretrained(path, use_fast=True).save_pretrained(path)"
             )
         return cls(
             tokenizer.backend_tokenizer.to_str(), dict(spec.prefixes), spec.max_length, spec.include_prompt,
