@@ -1,8 +1,8 @@
 """PromptTokenizer: the model's tokenizer with the input type's prefix and truncation, run by the `tokenizers`
 library alone.
 
-It imports neither torch nor transformers, so a process that only tokenises (the embed job's tokenising tasks,
-the serving ingress) starts in a fraction of a second, and it pickles to the backend's JSON. `from_spec` takes
+It imports neither torch nor transformers, so a process that only tokenises (the embed job's tokenising tasks)
+starts in a fraction of a second, and it pickles to the backend's JSON. `from_spec` takes
 the backend from transformers' tokenizer of the model directory, as transformers configured it (special
 tokens, post-processor), and calls it the way transformers does: no padding, longest-first truncation.
 """
@@ -28,7 +28,7 @@ class PromptTokenizer:
                  split_special_tokens: bool = False):
         self.arguments = (backend_json, prefixes, max_length, include_prompt, pad_id, tuple(special_ids),
                           truncation_side, split_special_tokens)  # what it pickles to
-        self.prefixes, self.max_length, self.include_prompt = prefixes, max_length, include_prompt
+        self.prefixes, self.include_prompt = prefixes, include_prompt
         self.pad_id, self.special_ids = pad_id, frozenset(special_ids)
         # two backends, so that calls from several threads never change a shared truncation setting
         self.whole, self.truncating = Tokenizer.from_str(backend_json), Tokenizer.from_str(backend_json)
