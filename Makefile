@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 QUERY ?= how do I read a file line by line
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# a few minutes: the layer contract, configs, tokenizer, models, the embed pipeline (no training, no serving)
+test-fast: install
+	$(BIN)/python -m pytest -q tests/test_layers.py tests/test_config.py tests/test_cluster_config.py \
+		tests/test_tokenizer.py tests/test_embedder.py tests/test_contrastive_parts.py tests/test_embed_pipeline.py
 
 bench: install
 	$(BIN)/python bench/embed_throughput.py

@@ -23,9 +23,14 @@ import time
 import torch
 
 from raylib.config import ContrastiveJobConfig
-from raylib.eval.sample_sets import docstring_training_rows
-from raylib.models.embedder import resolve_spec
-from raylib.train.contrastive import BiEncoder, dataset_tokenizers, encode_items, tokenized_groups
+from raylib.data.sample_sets import docstring_training_rows
+from raylib.models.spec import resolve_spec
+from raylib.train.contrastive import (
+    build_biencoder,
+    dataset_tokenizers,
+    encode_items,
+    tokenized_groups,
+)
 from raylib.train.engine import build_optimizer
 from raylib.train.grad_cache import grad_cache_step
 from raylib.train.losses import info_nce
@@ -70,9 +75,9 @@ class OurStep:
 
     def __init__(self, batch: int, chunk: int | None):
         self.config = job_config(batch, chunk)
-        spec = resolve_spec(self.config.model)
+        spec = resolve_spec(**self.config.model.model_dump())
         self.tokenizer = dataset_tokenizers(self.config, spec)["docstrings"]
-        self.model = BiEncoder(self.config, spec).train()
+        self.model = build_biencoder(self.config, spec).train()
         self.optimizer, _ = build_optimizer(self.model, self.config.optim)
 
     def encode(self, items):
@@ -115,7 +120,7 @@ def sentence_transformers_step(batch: int):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    from raylib.models.embedder import resolve_model_path
+    from raylib.models.spec import resolve_model_path
 
     model = SentenceTransformer(str(resolve_model_path("bundled")), device="cpu")
     model.max_seq_length = MAX_LENGTH

@@ -23,11 +23,12 @@ import numpy as np
 import ray
 import torch
 
-from raylib.config import EmbedderConfig, EmbedJobConfig
+from raylib.config import EmbedJobConfig
 from raylib.data.sample_corpus import sample_documents, write_shards
-from raylib.embed.pipeline import run_embed
+from raylib.embed.run import run_embed
 from raylib.models.embedder import Embedder
 from raylib.models.precision import autocast
+from raylib.models.spec import resolve_spec
 
 
 class WorkerMemory:
@@ -120,7 +121,7 @@ def main() -> None:
 
     rows = sample_documents(args.docs)
     texts = [row["text"] for row in rows]
-    embedder = Embedder(EmbedderConfig(precision=args.precision))
+    embedder = Embedder(resolve_spec(precision=args.precision))
     torch.set_num_threads(os.cpu_count() or 1)  # the baselines get every core in one process
     st_rate, st_vectors = sentence_transformers_rate(texts, embedder.spec.directory, "fp32")
     bare_rate = bare_loop_rate(texts, embedder)

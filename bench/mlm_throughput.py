@@ -20,7 +20,7 @@ from raylib.config import MlmJobConfig
 from raylib.data.mlm import mask_tokens
 from raylib.data.sample_corpus import sample_documents, write_shards
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
-from raylib.train.mlm import run_mlm
+from raylib.train.run import run_mlm
 
 VOCAB, MASK, SPECIAL = 30522, 103, [101, 102, 0]
 

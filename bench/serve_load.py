@@ -21,6 +21,7 @@ import torch
 from raylib.config import EmbedderConfig
 from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_spec
 from raylib.runtime import free_port
 from serve.local import default_config, local_service
 
@@ -83,7 +84,7 @@ def model_batching_ceiling(texts: list[str], threads: int = 1) -> dict:
     forward: what batching can gain at most."""
     torch.set_num_threads(threads)
     served = default_config()["applications"][0]["args"]["models"][0]["model"]
-    embedder = Embedder(EmbedderConfig.model_validate(served))
+    embedder = Embedder(resolve_spec(**EmbedderConfig.model_validate(served).model_dump()))
     token_ids = embedder.tokenize(texts)
     rates = {}
     for rows in (1, 32):

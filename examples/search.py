@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 
-from raylib.config import EmbedderConfig
 from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_spec
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
     table = pads.dataset(args.embeddings, format="parquet").to_table()
     ids = table.column("id").to_pylist()
     vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-    query = Embedder(EmbedderConfig()).encode([args.query], input_type="query")[0]
+    query = Embedder(resolve_spec()).encode([args.query], input_type="query")[0]
     scores = vectors @ query
     texts = {}
     for path in sorted(args.corpus.glob("*.jsonl")):

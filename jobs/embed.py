@@ -7,12 +7,7 @@
 import sys
 
 from raylib.config import EmbedJobConfig, job_main
-from raylib.embed.pipeline import run_embed
-
-
-def run(config: EmbedJobConfig) -> None:
-    print(run_embed(config).line(), flush=True)
-
+from raylib.embed.run import run_embed
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], EmbedJobConfig, run))
+    sys.exit(job_main(__doc__.splitlines()[0], EmbedJobConfig, run_embed))

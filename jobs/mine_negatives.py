@@ -7,7 +7,7 @@
 import sys
 
 from raylib.config import MineJobConfig, job_main
-from raylib.data.mining import run_mining
+from raylib.mine.run import run_mining
 
 if __name__ == "__main__":
     sys.exit(job_main(__doc__.splitlines()[0], MineJobConfig, run_mining))

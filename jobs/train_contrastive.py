@@ -7,7 +7,7 @@
 import sys
 
 from raylib.config import ContrastiveJobConfig, job_main
-from raylib.train.contrastive import run_contrastive
+from raylib.train.run import run_contrastive
 
 if __name__ == "__main__":
     sys.exit(job_main(__doc__.splitlines()[0], ContrastiveJobConfig, run_contrastive))

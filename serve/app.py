@@ -20,8 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
-from raylib.config import BatchingConfig, ConfigError, EmbedderConfig, ServeAppConfig, validate_config
-from raylib.models.embedder import Embedder, ModelSpec, resolve_spec
+from raylib.config import BatchingConfig, ConfigError, ServeAppConfig, validate_config
+from raylib.models.embedder import Embedder
+from raylib.models.spec import ModelSpec, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from serve.openai_api import (
     ApiError,
@@ -46,7 +47,7 @@ class EmbeddingModel:
     """One model replica; rows of concurrent requests are merged into token-budget batches."""
 
     def __init__(self, model: dict, batching: dict):
-        self.embedder = Embedder(EmbedderConfig.model_validate(model))
+        self.embedder = Embedder(resolve_spec(**model))
         self.batching = BatchingConfig.model_validate(batching)
         self.batch_tokens = max(self.batching.batch_tokens, self.embedder.spec.max_length)
         self.embed_rows.set_max_batch_size(self.batch_tokens)
@@ -135,7 +136,7 @@ class EmbeddingsAPI:
         self.config = ServeAppConfig.model_validate(config)
         self.models = {}
         for served in self.config.models:
-            spec = resolve_spec(served.model)
+            spec = resolve_spec(**served.model.model_dump())
             self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), handles[served.name])
         self.default_model = self.config.models[0].name
         self.api_key = os.environ.get(self.config.api_key_env) or None
@@ -217,7 +218,7 @@ def build_app(args: dict) -> serve.Application:
     if len(set(names)) != len(names):
         raise ConfigError(f"serve application args: models: names must differ (got {names})")
     for served in config.models:
-        resolve_spec(served.model)  # a bad path or dimension fails the deploy, not the first request
+        resolve_spec(**served.model.model_dump())  # a bad path or dimension fails the deploy, not the first request
     handles = {
         served.name: EmbeddingModel.options(name=served.name).bind(
             served.model.model_dump(), config.batching.model_dump()

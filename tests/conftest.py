@@ -12,9 +12,9 @@ import pytest
 import ray
 from moto.server import ThreadedMotoServer
 
-from raylib.config import EmbedderConfig
 from raylib.data.sample_corpus import sample_documents
-from raylib.models.embedder import Embedder, resolve_model_path
+from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_model_path, resolve_spec
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Object storage in tests is a local S3 server (test_object_storage.py) that takes any credentials; these
@@ -54,7 +54,7 @@ def documents() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    return Embedder(EmbedderConfig())
+    return Embedder(resolve_spec())
 
 
 def copy_bundled_tokenizer(directory: Path) -> None:

@@ -54,7 +54,7 @@ class BusyNodes:
 
 def embed_on_two_nodes(scratch: Path) -> dict:
     """Two model actors of 1.5 CPUs on two 2-CPU worker nodes: one per node."""
-    from raylib.embed.pipeline import run_embed
+    from raylib.embed.run import run_embed
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
@@ -75,7 +75,7 @@ def embed_on_two_nodes(scratch: Path) -> dict:
 def train_survives_node_removal(scratch: Path) -> dict:
     """Two training workers of 1.5 CPUs on two of three 2-CPU nodes; one of their nodes is removed once Ray
     Train holds a checkpoint; the run restarts on the remaining nodes from a checkpoint."""
-    from raylib.train.mlm import run_mlm
+    from raylib.train.run import run_mlm
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     workers = {node.node_id: node for node in (cluster.add_node(num_cpus=2) for _ in range(3))}

@@ -17,7 +17,7 @@ from raylib.config import (
     job_main,
     load_config,
 )
-from raylib.embed.pipeline import run_embed
+from raylib.embed.run import run_embed
 from tests.conftest import ROOT
 
 SCHEMA_BY_PREFIX = {"embed": EmbedJobConfig, "eval": EvalJobConfig, "pretrain_mlm": MlmJobConfig,

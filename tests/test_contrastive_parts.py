@@ -10,10 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raylib.models.bidirectional import make_bidirectional
+from raylib.models.biencoder import LogitScale
 from raylib.models.latent_attention import LatentAttentionPooling
 from raylib.runtime import free_port
 from raylib.train.grad_cache import grad_cache_step
-from raylib.train.losses import LogitScale, info_nce, matryoshka_info_nce
+from raylib.train.losses import info_nce, matryoshka_info_nce
 
 DIM, BATCH, HARD = 16, 32, 2
 
@@ -158,14 +159,13 @@ def test_decoders_become_bidirectional_and_keep_padding(family):
 def test_lora_trains_only_adapters_and_pooling_and_merges_to_the_same_outputs():
     from transformers import AutoConfig, AutoModel
 
-    from raylib.config import LoraConfig
-    from raylib.models.lora import apply_lora, merge_lora_state
+    from raylib.models.lora import apply_lora, merged_state
 
     torch.manual_seed(0)
     config = AutoConfig.for_model("mistral", vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     backbone = make_bidirectional(AutoModel.from_config(config))
-    adapted = apply_lora(backbone, LoraConfig(rank=4, alpha=8))
+    adapted = apply_lora(backbone, rank=4, alpha=8, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     pooling = LatentAttentionPooling(hidden_size=32, num_latents=4, num_heads=4)
     trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
@@ -178,7 +178,7 @@ def test_lora_trains_only_adapters_and_pooling_and_merges_to_the_same_outputs():
             torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
     adapted.eval()
     plain = make_bidirectional(AutoModel.from_config(config)).eval()
-    merged = merge_lora_state(adapted.state_dict(), LoraConfig(rank=4, alpha=8))
+    merged = merged_state(adapted, adapted.state_dict())
     assert not any("lora" in name for name in merged)
     plain.load_state_dict(merged)  # strict: exactly the plain model's keys
     with torch.no_grad():

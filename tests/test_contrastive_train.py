@@ -14,11 +14,17 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from raylib.config import ContrastiveJobConfig, EmbedderConfig, job_main
+from raylib.data.sample_sets import (
+    docstring_classification_rows,
+    docstring_set,
+    docstring_training_rows,
+)
 from raylib.eval.retrieval import evaluate
-from raylib.eval.sample_sets import docstring_classification_rows, docstring_set, docstring_training_rows
-from raylib.models.embedder import Embedder, pad_token_ids, resolve_spec
+from raylib.models.embedder import Embedder, pad_token_ids
+from raylib.models.spec import resolve_spec
 from raylib.models.tiny_decoder import write_tiny_decoder
-from raylib.train.contrastive import BiEncoder, dataset_tokenizers, run_contrastive
+from raylib.train.contrastive import build_biencoder, dataset_tokenizers
+from raylib.train.run import run_contrastive
 from tests.conftest import ROOT, write_jsonl
 
 BAD_ROWS = [{"query": "no document"}, {"query": "", "document": "empty query", "negatives": ["x"]},
@@ -51,7 +57,7 @@ def test_finetuning_raises_held_out_ndcg_and_exports_a_sentence_transformer(ray_
     assert after > before + 0.01, (before, after)
 
     texts = list(held_out.corpus.values())[:8]
-    ours = Embedder(EmbedderConfig(path=str(trained))).encode(texts)
+    ours = Embedder(resolve_spec(path=str(trained))).encode(texts)
     theirs = SentenceTransformer(str(trained), device="cpu").encode(texts, normalize_embeddings=True)
     assert np.min(np.sum(ours * theirs, axis=1)) >= 0.9999
 
@@ -110,8 +116,8 @@ def test_nvembed_two_stages_train_adapters_and_head_and_export_the_training_vect
     assert not any("lora" in name for name in weights)
 
     torch.manual_seed(config.seed)  # the model as the job built it before training
-    spec = resolve_spec(config.model)
-    start = BiEncoder(config, spec).state_dict()
+    spec = resolve_spec(**config.model.model_dump())
+    start = build_biencoder(config, spec).state_dict()
     original = load_file(tmp_path / "tiny-mistral" / "model.safetensors")
     assert torch.equal(weights["layers.0.mlp.gate_proj.weight"], original["layers.0.mlp.gate_proj.weight"])
     assert torch.equal(weights["embed_tokens.weight"], original["embed_tokens.weight"])
@@ -120,7 +126,7 @@ def test_nvembed_two_stages_train_adapters_and_head_and_export_the_training_vect
     assert not torch.equal(head["latents"], start["head.latents"])
 
     state = torch.load(Path(result.checkpoint.path) / "training_state.pt", weights_only=True)["model"]
-    trained = BiEncoder(config, spec)
+    trained = build_biencoder(config, spec)
     trained.load_state_dict(state)
     trained.eval()
     tokenizer = dataset_tokenizers(config, spec)["docstrings"]
@@ -132,7 +138,7 @@ def test_nvembed_two_stages_train_adapters_and_head_and_export_the_training_vect
             trained(input_ids, mask, torch.full((3,), tokenizer.prompt_length("query"))), dim=-1).numpy()
     instruction = tokenizer.prefixes["query"]
     assert instruction.startswith("Instruct: ") and tokenizer.prompt_length("query") > 5
-    ours = Embedder(EmbedderConfig(path=str(exported), query_prefix=instruction)).encode(texts, "query")
+    ours = Embedder(resolve_spec(path=str(exported), query_prefix=instruction)).encode(texts, "query")
     assert np.allclose(ours, expected, atol=1e-5)
     theirs = SentenceTransformer(str(exported), device="cpu", trust_remote_code=True).encode(
         texts, prompt=instruction, normalize_embeddings=True)

@@ -10,7 +10,7 @@ import pytest
 
 from raylib.config import ConfigError, EmbedJobConfig, InputConfig
 from raylib.data.sources import list_input_files, plan_pieces, read_piece
-from raylib.embed.pipeline import run_embed
+from raylib.embed.run import run_embed
 from tests.conftest import write_jsonl
 
 

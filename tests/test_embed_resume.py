@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from raylib.config import EmbedJobConfig, load_config
-from raylib.embed.pipeline import run_embed
+from raylib.embed.run import run_embed
 from tests.conftest import ROOT, write_jsonl
 
 

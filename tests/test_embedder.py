@@ -5,9 +5,10 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from raylib.config import ConfigError, EmbedderConfig
+from raylib.config import ConfigError
 from raylib.models.batching import token_budget_batches
-from raylib.models.embedder import Embedder, pad_token_ids, resolve_spec
+from raylib.models.embedder import Embedder, pad_token_ids
+from raylib.models.spec import resolve_spec
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -29,9 +30,9 @@ def test_reads_the_model_directory_settings(embedder):
 
 
 def test_prefix_is_prepended_per_input_type(documents):
-    prefixed = Embedder(EmbedderConfig(query_prefix="search_query: ", document_prefix="search_document: "))
+    prefixed = Embedder(resolve_spec(query_prefix="search_query: ", document_prefix="search_document: "))
     text = documents[0]["text"]
-    plain = Embedder(EmbedderConfig())
+    plain = Embedder(resolve_spec())
     assert np.allclose(prefixed.encode([text], "query"), plain.encode(["search_query: " + text]), atol=1e-6)
     assert np.allclose(prefixed.encode([text], "document"), plain.encode(["search_document: " + text]), atol=1e-6)
     assert not np.allclose(prefixed.encode([text], "query"), prefixed.encode([text], "document"), atol=1e-3)
@@ -39,7 +40,7 @@ def test_prefix_is_prepended_per_input_type(documents):
 
 def test_matryoshka_truncates_and_renormalises(embedder, documents):
     texts = [doc["text"] for doc in documents[:8]]
-    small = Embedder(EmbedderConfig(dimensions=128)).encode(texts)
+    small = Embedder(resolve_spec(dimensions=128)).encode(texts)
     full = embedder.encode(texts)
     assert small.shape == (8, 128)
     expected = full[:, :128] / np.linalg.norm(full[:, :128], axis=1, keepdims=True)
@@ -49,10 +50,10 @@ def test_matryoshka_truncates_and_renormalises(embedder, documents):
 def test_bf16_autocast_stays_within_cosine_0_999_and_auto_follows_the_cpu(embedder, documents):
     texts = [doc["text"] for doc in documents[:48]]
     full = embedder.encode(texts)
-    bf16 = Embedder(EmbedderConfig(precision="bf16")).encode(texts)
+    bf16 = Embedder(resolve_spec(precision="bf16")).encode(texts)
     assert not np.array_equal(bf16, full)  # the forward really ran in bf16
     assert cosine(bf16, full).min() >= 0.999
-    auto = Embedder(EmbedderConfig(precision="auto"))
+    auto = Embedder(resolve_spec(precision="auto"))
     assert auto.precision == ("bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32")
     assert np.array_equal(auto.encode(texts), bf16 if auto.precision == "bf16" else full)
 
@@ -63,12 +64,12 @@ def test_padding_rounds_up_to_a_multiple_within_the_limit():
     assert input_ids[0, :4].tolist() == [5, 6, 7, 0] and mask.sum(1).tolist() == [3, 1]
     assert pad_token_ids([[1] * 30], 0, multiple=16, limit=31)[0].shape == (1, 31)
     assert pad_token_ids([[1] * 40], 0, multiple=16, limit=31)[0].shape == (1, 40)  # never cuts a row
-    assert Embedder(EmbedderConfig(precision="bf16")).pad_multiple == 16
+    assert Embedder(resolve_spec(precision="bf16")).pad_multiple == 16
 
 
 @pytest.mark.parametrize("pooling", ["cls", "last"])
 def test_pooling_modes_pick_the_right_token(pooling, documents):
-    model = Embedder(EmbedderConfig(pooling=pooling, normalize=False))
+    model = Embedder(resolve_spec(pooling=pooling, normalize=False))
     texts = [documents[1]["text"], "short text"]
     vectors = model.encode(texts)
     for row, text in enumerate(texts):
@@ -83,19 +84,19 @@ def test_only_safetensors_weights_are_loaded(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ConfigError, match="model.path: .* no safetensors weights"):
-        resolve_spec(EmbedderConfig(path=str(tmp_path)))
+        resolve_spec(path=str(tmp_path))
 
 
 def test_remote_code_needs_consent(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "code.Config"}}')
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="auto_map in config.json.*set model.trust_remote_code: true"):
-        resolve_spec(EmbedderConfig(path=str(tmp_path)))
+        resolve_spec(path=str(tmp_path))
 
 
 def test_dimensions_larger_than_the_model_are_refused():
     with pytest.raises(ConfigError, match="model.dimensions: 1000 is larger than the model's 384"):
-        resolve_spec(EmbedderConfig(dimensions=1000))
+        resolve_spec(dimensions=1000)
 
 
 def test_token_budget_batches_bound_padding():

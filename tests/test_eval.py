@@ -14,13 +14,13 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.task_metadata import TaskMetadata
 
 from raylib.config import ComputeConfig, ConfigError, EmbedderConfig
-from raylib.eval.beir import RetrievalSet, load_beir, write_beir
+from raylib.data.beir import RetrievalSet, load_beir, write_beir
+from raylib.data.sample_sets import docstring_pairs, docstring_set, long_context_set
+from raylib.embed.search import top_k, top_k_exact
 from raylib.eval.long_context import evaluate_lengths
 from raylib.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k, score_rankings
 from raylib.eval.mteb_adapter import MtebEncoder
 from raylib.eval.retrieval import evaluate
-from raylib.eval.sample_sets import docstring_pairs, docstring_set, long_context_set
-from raylib.eval.search import top_k, top_k_exact
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertModel
 from tests.conftest import BIN, ROOT, copy_bundled_tokenizer
 

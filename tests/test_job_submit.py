@@ -16,8 +16,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
 
-from raylib.config import EmbedderConfig
 from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_spec
 from raylib.runtime import free_port
 from tests.conftest import BIN, ROOT, write_jsonl
 
@@ -113,5 +113,5 @@ def test_training_job_through_ray_job_submit_with_data_and_checkpoints_in_a_buck
     with fs.open_input_stream("mlm/runs/submitted/metrics.jsonl") as stored_metrics:
         assert [json.loads(line)["step"] for line in stored_metrics.read().splitlines()] == list(range(1, 7))
     assert any("/tensorboard/events.out.tfevents" in path for path in stored)
-    model = Embedder(EmbedderConfig(path=published))  # the next job's model.path
+    model = Embedder(resolve_spec(path=published))  # the next job's model.path
     assert model.encode(["a sentence to embed"]).shape == (1, 64)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from raylib.config import MineJobConfig, PairsDatasetConfig, job_main
-from raylib.data.mining import run_mining
 from raylib.data.pairs import pairs_dataset
-from raylib.eval.sample_sets import docstring_training_rows
+from raylib.data.sample_sets import docstring_training_rows
+from raylib.mine.run import run_mining
 from raylib.models.embedder import Embedder
 from tests.conftest import write_jsonl
 

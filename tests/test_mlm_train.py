@@ -15,12 +15,13 @@ import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from raylib.config import EmbedderConfig, MlmJobConfig, job_main
+from raylib.config import MlmJobConfig, job_main
 from raylib.data.mlm import mask_tokens, pack_windows
-from raylib.models.embedder import Embedder, resolve_model_path
+from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port
-from raylib.train.common import TrainReports
-from raylib.train.mlm import run_mlm
+from raylib.train.harness import TrainReports
+from raylib.train.run import run_mlm
 from tests.conftest import assert_resumed_from_a_checkpoint, write_jsonl
 
 BAD_ROWS = [{"text": None}, {"text": ""}, {"body": "no text key"}]
@@ -146,7 +147,7 @@ def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tm
     assert mlm_loss(trained, held_out) < mlm_loss(fresh, held_out) - 1.0
 
     published = tmp_path / "ddp" / "model"  # the fixed path a contrastive config names as model.path
-    encoder = Embedder(EmbedderConfig(path=str(published), pooling="mean"))
+    encoder = Embedder(resolve_spec(path=str(published), pooling="mean"))
     assert torch.equal(encoder.model.encoder.layers[1].mlp.fc2.weight, trained.bert.encoder.layers[1].mlp.fc2.weight)
     assert encoder.encode(["a question about files"]).shape == (1, trained.config.n_embd)
 

@@ -9,11 +9,15 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from raylib.config import EmbedderConfig
 from raylib.models.attention import attention
 from raylib.models.embedder import Embedder
-from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM, NomicBertModel
+from raylib.models.nomic_bert import (
+    NomicBertConfig,
+    NomicBertForMaskedLM,
+    NomicBertModel,
+)
 from raylib.models.rotary import ntk_base
+from raylib.models.spec import resolve_spec
 from tests.conftest import copy_bundled_tokenizer
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, n_inner=256, max_trained_positions=64, n_positions=8192)
@@ -196,7 +200,7 @@ def test_bad_config_is_refused_naming_the_keys():
 
 
 def test_embedder_opens_the_layout_and_embeds_8192_tokens(nomic_dir):
-    embedder = Embedder(EmbedderConfig(path=str(nomic_dir), max_length=8192, query_prefix="search_query: ",
+    embedder = Embedder(resolve_spec(path=str(nomic_dir), max_length=8192, query_prefix="search_query: ",
                                        document_prefix="search_document: "))
     assert embedder.spec.max_length == 8192 and embedder.spec.pooling == "mean"
     long_text = "retrieval over long documents " * 2500  # > 8192 tokens: truncated to 8192

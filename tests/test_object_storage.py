@@ -13,11 +13,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raylib.config import CheckpointConfig, ConfigError, EmbedderConfig
-from raylib.data.filesystem import copy_location, local_copy, remote_files
-from raylib.embed.pipeline import run_embed
-from raylib.models.embedder import Embedder, fetch_weights, resolve_model_path, resolve_spec
-from raylib.train.common import MetricsLog
+from raylib.config import CheckpointConfig, ConfigError
+from raylib.embed.run import run_embed
+from raylib.models.embedder import Embedder
+from raylib.models.spec import fetch_weights, resolve_model_path, resolve_spec
+from raylib.storage import copy_location, local_copy, remote_files
+from raylib.train.metrics import MetricsLog
 from tests.test_embed_pipeline import job_config
 
 SECRET = "testing:top-secret-key"  # user info in a URI: the local server takes any credentials
@@ -67,21 +68,21 @@ def test_embed_job_reads_and_writes_buckets_and_resumes_from_its_manifest(ray_se
 def test_remote_model_is_copied_without_weights_until_loaded_and_again_when_republished(s3, embedder):
     endpoint, fs = s3
     upload_bundled_model(fs, "models/republished")
-    config = EmbedderConfig(path=f"s3://models/republished?endpoint_override={endpoint}")
+    model_path = f"s3://models/republished?endpoint_override={endpoint}"
 
-    spec = resolve_spec(config)
+    spec = resolve_spec(model_path)
     assert (spec.directory / "tokenizer.json").is_file() and (spec.directory / "1_Pooling" / "config.json").is_file()
     assert not (spec.directory / "model.safetensors").exists()  # a driver checking the config fetches no weights
     assert fetch_weights(spec) == spec.directory and (spec.directory / "model.safetensors").is_file()
     fetched_at = (spec.directory / "model.safetensors").stat().st_mtime_ns
     texts = ["how do I sort a list", "open a file for reading"]
-    assert np.allclose(Embedder(config).encode(texts), embedder.encode(texts), atol=1e-6)
-    assert resolve_spec(config).directory == spec.directory  # a second process reuses the copy
+    assert np.allclose(Embedder(spec).encode(texts), embedder.encode(texts), atol=1e-6)
+    assert resolve_spec(model_path).directory == spec.directory  # a second process reuses the copy
     assert (spec.directory / "model.safetensors").stat().st_mtime_ns == fetched_at
 
     with fs.open_output_stream("models/republished/config_sentence_transformers.json") as out:
         out.write(b'{"prompts": {"query": "query: "}}')
-    republished = resolve_spec(config)
+    republished = resolve_spec(model_path)
     assert republished.directory != spec.directory and republished.prefixes["query"] == "query: "
 
 
@@ -96,7 +97,7 @@ def test_remote_model_without_weights_is_a_config_error(s3, path, message):
     with fs.open_output_stream("models/no-weights/config.json") as out:
         out.write(b"{}")
     with pytest.raises(ConfigError, match=message) as error:
-        resolve_spec(EmbedderConfig(path=f"s3://{path}?endpoint_override={endpoint}"))
+        resolve_spec(path=f"s3://{path}?endpoint_override={endpoint}")
     assert SECRET not in str(error.value)
 
 

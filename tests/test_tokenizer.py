@@ -9,11 +9,11 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from raylib.config import ConfigError, EmbedderConfig
-from raylib.models.embedder import resolve_spec
+from raylib.config import ConfigError
+from raylib.models.spec import resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 
-SPEC = resolve_spec(EmbedderConfig(query_prefix="search_query: ", include_prompt=False))
+SPEC = resolve_spec(query_prefix="search_query: ", include_prompt=False)
 
 
 def test_token_ids_match_transformers_with_prefix_and_truncation(documents):

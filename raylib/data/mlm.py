@@ -1,37 +1,15 @@
 """Text for masked-language-model training: input pieces read and tokenised in Ray Data tasks, tokens packed
 into fixed windows in the workers, masked 80/10/10."""
 
-import functools
 from collections.abc import Iterable, Iterator
 
-import pyarrow as pa
 import ray.data
 import torch
-from transformers import AutoTokenizer
 
 from raylib.config import InputConfig
-from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
-
-
-@functools.lru_cache(maxsize=2)
-def _tokenizer(path: str):
-    return AutoTokenizer.from_pretrained(path)
-
-
-def tokenize_text_piece(batch: pa.Table, input_config: dict, tokenizer_path: str) -> pa.Table:
-    """Read one piece and tokenise its good rows without special tokens; a bad row keeps null input_ids and
-    its reason in _error, so the trainer can report it."""
-    (fields,) = batch.to_pylist()
-    table = read_piece(Piece(**fields), InputConfig.model_validate(input_config))
-    texts = table.column("text").to_pylist()
-    good = [row for row, error in enumerate(table.column("_error").to_pylist()) if error is None]
-    token_ids: list = [None] * len(texts)
-    tokenizer = _tokenizer(tokenizer_path)
-    encoded = tokenizer([texts[row] for row in good], add_special_tokens=False, verbose=False)["input_ids"]
-    for row, ids in zip(good, encoded):
-        token_ids[row] = ids
-    return pa.table({"input_ids": pa.array(token_ids, pa.list_(pa.int32())), "_error": table.column("_error"),
-                     "_where": table.column("_where")})
+from raylib.data.sources import Piece, list_input_files, plan_pieces, read_pieces
+from raylib.data.tokens import text_tokens
+from raylib.models.tokenizer import PromptTokenizer
 
 
 def text_pieces(config: InputConfig) -> list[Piece]:
@@ -42,10 +20,8 @@ def text_pieces(config: InputConfig) -> list[Piece]:
 def token_dataset(pieces: list[Piece], config: InputConfig, tokenizer_path: str, read_cpus: float) -> ray.data.Dataset:
     """A dataset of tokenised rows (input_ids, _error, _where) over the pieces; each read/tokenise task asks
     for `read_cpus` so it fits beside the training workers."""
-    return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=len(pieces)).map_batches(
-        tokenize_text_piece, batch_size=1, batch_format="pyarrow", num_cpus=read_cpus,
-        fn_kwargs={"input_config": config.model_dump(), "tokenizer_path": tokenizer_path},
-    )
+    tokenizer = PromptTokenizer.from_directory(tokenizer_path, {"document": ""}, max_length=512)  # unused: tokenised whole
+    return read_pieces(pieces, config, read_cpus, text_tokens, tokenizer=tokenizer)
 
 
 def pack_windows(token_lists: Iterable[list[int]], seq_len: int, cls_id: int, sep_id: int) -> Iterator[list[int]]:

@@ -9,7 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
-from raylib.eval.sample_sets import docstring_classification_rows, docstring_training_rows
+from raylib.data.sample_sets import (
+    docstring_classification_rows,
+    docstring_training_rows,
+)
 
 TASKS = {"retrieval": docstring_training_rows, "classification": docstring_classification_rows}
 

@@ -1,7 +1,8 @@
 """Input pieces for streaming jobs: parquet row-group ranges and jsonl byte ranges, read with row checks.
 
 A piece is the unit of work and of resume: small enough to embed in one go, found without reading the data
-(parquet footers and file sizes only), and named by a stable key.
+(parquet footers and file sizes only), and named by a stable key. `read_pieces` is the one Ray Data reader of
+every job that streams text: a task per piece reads it and hands its table to the job's next step.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import hashlib
 import io
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray.data
 
 from raylib.config import ConfigError, InputConfig
-from raylib.data.filesystem import resolve
+from raylib.storage import resolve
 
 SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 READ_AHEAD = 1 << 16
@@ -216,3 +219,19 @@ def read_piece(piece: Piece, config: InputConfig) -> pa.Table:
     fs, _ = resolve(config.path)
     reader = _read_parquet if piece.format == "parquet" else _read_jsonl
     return reader(fs, piece, config)
+
+
+def _read_piece_task(batch: pa.Table, input_config: dict, then: Callable | None, then_kwargs: dict) -> pa.Table:
+    (fields,) = batch.to_pylist()
+    piece = Piece(**fields)
+    table = read_piece(piece, InputConfig.model_validate(input_config))
+    return table if then is None else then(table, piece, **then_kwargs)
+
+
+def read_pieces(pieces: list[Piece], config: InputConfig, cpus: float, then: Callable | None = None,
+                **then_kwargs) -> ray.data.Dataset:
+    """A dataset with one block per piece: a task (asking for `cpus`) reads the piece (read_piece) and, when
+    given, returns then(table, piece, **then_kwargs) instead, so a piece travels whole to the next stage."""
+    return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=len(pieces)).map_batches(
+        _read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
+        fn_kwargs={"input_config": config.model_dump(), "then": then, "then_kwargs": then_kwargs})

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylib.config import ConfigError
-from raylib.data.filesystem import resolve
+from raylib.storage import resolve
 
 JOB_FILE = "_job.json"
 

@@ -2,10 +2,10 @@
 lengths, scored overall and by how deep in its document each query's answer starts."""
 
 from raylib.config import EmbedderConfig
-from raylib.eval.beir import RetrievalSet
+from raylib.data.beir import RetrievalSet
 from raylib.eval.metrics import score_rankings
 from raylib.eval.retrieval import rank
-from raylib.models.embedder import resolve_spec
+from raylib.models.spec import resolve_spec
 
 SHALLOW_CHARS = 2000  # about 512 tokens of English: answers starting before this survive 512-token truncation
 
@@ -21,7 +21,7 @@ def evaluate_lengths(data: RetrievalSet, model: EmbedderConfig, lengths: list[in
     deep = [query for query in data.queries if depth.get(query, -1) >= SHALLOW_CHARS]
     for length in lengths:
         config = model if length is None else model.model_copy(update={"max_length": length})
-        effective = resolve_spec(config).max_length
+        effective = resolve_spec(**config.model_dump()).max_length
         row = {"max_length": length or effective, "effective_max_length": effective}
         if length is not None and effective < length:
             row["skipped"] = f"the model reads at most {effective} tokens"

@@ -13,13 +13,14 @@ from mteb.types import PromptType
 
 from raylib.config import EmbedderConfig
 from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_spec
 
 
 class MtebEncoder(AbsEncoder):
     """An mteb encoder backed by raylib's Embedder."""
 
     def __init__(self, config: EmbedderConfig, name: str = "raylib/embedder", revision: str = "local"):
-        self.embedder = Embedder(config)
+        self.embedder = Embedder(resolve_spec(**config.model_dump()))
         self.mteb_model_meta = ModelMeta.create_empty({
             "name": name, "revision": revision, "similarity_fn_name": ScoringFunction.COSINE,
             "embed_dim": self.embedder.dimensions, "max_tokens": self.embedder.spec.max_length,

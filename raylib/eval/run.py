@@ -3,15 +3,25 @@ results as JSON and a PNG chart."""
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from raylib.config import EvalJobConfig
-from raylib.eval.beir import RetrievalSet, load_beir
+from raylib.data.beir import RetrievalSet, load_beir
+from raylib.data.sample_sets import docstring_set, long_context_set
 from raylib.eval.long_context import evaluate_lengths
-from raylib.eval.sample_sets import docstring_set, long_context_set
-from raylib.models.embedder import resolve_spec
+from raylib.models.spec import resolve_spec
 
 CHART_METRICS = ("ndcg@10", "mrr@10", "recall@10")
+
+
+@dataclass
+class EvalSummary:
+    results: list[dict]  # one per model and length: model, max_length, all / shallow / deep metrics
+    output: Path
+
+    def line(self) -> str:
+        return f"eval results={self.output / 'results.json'} chart={self.output / 'chart.png'}"
 
 
 def load_data(config: EvalJobConfig) -> tuple[RetrievalSet, dict[str, int] | None]:
@@ -47,12 +57,12 @@ def write_chart(results: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def run_eval(config: EvalJobConfig) -> list[dict]:
-    """Check data and models first, then evaluate; prints one line per result, writes results.json and
-    chart.png under config.output."""
+def run_eval(config: EvalJobConfig) -> EvalSummary:
+    """Check data and models first, then evaluate; prints a line per result as it comes, writes results.json
+    and chart.png under config.output."""
     data, depth = load_data(config)
     for entry in config.models:
-        resolve_spec(entry.model)
+        resolve_spec(**entry.model.model_dump())
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     lengths = config.max_lengths or [None]
@@ -70,5 +80,4 @@ def run_eval(config: EvalJobConfig) -> list[dict]:
                "results": results}
     (output / "results.json").write_text(json.dumps(summary, indent=2))
     write_chart(results, output / "chart.png")
-    print(f"eval results={output / 'results.json'} chart={output / 'chart.png'}")
-    return results
+    return EvalSummary(results, output)

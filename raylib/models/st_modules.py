@@ -7,7 +7,12 @@ from pathlib import Path
 import torch
 from sentence_transformers.sentence_transformer.modules import Module
 
-from raylib.models.latent_attention import CONFIG_KEYS, LatentAttentionPooling, load_head, save_head
+from raylib.models.latent_attention import (
+    CONFIG_KEYS,
+    LatentAttentionPooling,
+    load_head,
+    save_head,
+)
 from raylib.models.pooling import without_prompt
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from raylib.config import BUNDLED_MODEL
-from raylib.models.embedder import resolve_model_path
+from raylib.models.spec import resolve_model_path
 
 
 def write_tiny_decoder(out: Path, family: str = "mistral", hidden_size: int = 64, layers: int = 2,

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from raylib.config import ConfigError
 
 if TYPE_CHECKING:
-    from raylib.models.embedder import ModelSpec
+    from raylib.models.spec import ModelSpec
 
 
 class PromptTokenizer:
@@ -41,16 +41,23 @@ class PromptTokenizer:
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> PromptTokenizer:
         """The tokenizer of the model directory `spec` names, with its prefixes and max length."""
+        return cls.from_directory(spec.directory, spec.prefixes, spec.max_length, spec.include_prompt,
+                                  spec.trust_remote_code, spec.source)
+
+    @classmethod
+    def from_directory(cls, directory, prefixes: dict[str, str], max_length: int, include_prompt: bool = True,
+                       trust_remote_code: bool = False, source: str | None = None) -> PromptTokenizer:
+        """The tokenizer saved in `directory` (shown as `source` in errors), with these prefixes and max length."""
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(spec.directory, trust_remote_code=spec.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         if not tokenizer.is_fast:
             raise ConfigError(
-                f"model.path: {spec.source} has no fast tokenizer (tokenizer.json); add one where transformers can "
-                "convert it: AutoTokenizer.from_pretrained(path, use_fast=True).save_pretrained(path)"
+                f"model.path: {source or directory} has no fast tokenizer (tokenizer.json); add one where "
+                "transformers can convert it: AutoTokenizer.from_pretrained(path, use_fast=True).save_pretrained(path)"
             )
         return cls(
-            tokenizer.backend_tokenizer.to_str(), dict(spec.prefixes), spec.max_length, spec.include_prompt,
+            tokenizer.backend_tokenizer.to_str(), dict(prefixes), max_length, include_prompt,
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, tokenizer.all_special_ids,
             tokenizer.truncation_side, bool(tokenizer.split_special_tokens),
         )
@@ -58,11 +65,14 @@ class PromptTokenizer:
     def __reduce__(self):
         return PromptTokenizer, self.arguments
 
-    def __call__(self, texts: Sequence[str], input_type: str = "document", truncate: bool = True) -> list[list[int]]:
-        """Token ids of each text with the input type's prefix, truncated to max_length unless `truncate` is off."""
+    def __call__(self, texts: Sequence[str], input_type: str = "document", truncate: bool = True,
+                 special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text with the input type's prefix, truncated to max_length unless `truncate` is off;
+        `special_tokens` off leaves out the start and end tokens (text to be packed, as for MLM)."""
         prefix = self.prefixes[input_type]
         backend = self.truncating if truncate else self.whole
-        return [encoding.ids for encoding in backend.encode_batch([prefix + text for text in texts])]
+        encodings = backend.encode_batch([prefix + text for text in texts], add_special_tokens=special_tokens)
+        return [encoding.ids for encoding in encodings]
 
     def prompt_length(self, input_type: str) -> int:
         """Leading tokens that pooling leaves out for this input type: its prefix's tokens (with the start

@@ -58,14 +58,3 @@ def matryoshka_info_nce(queries: torch.Tensor, positives: torch.Tensor, hard_neg
         for size in dimensions
     ]
     return torch.stack(losses).mean()
-
-
-class LogitScale(torch.nn.Module):
-    """Temperature as a parameter: scale = exp(log_scale), starting at 1/temperature, capped at 100 (CLIP)."""
-
-    def __init__(self, temperature: float, learnable: bool):
-        super().__init__()
-        self.log_scale = torch.nn.Parameter(torch.tensor(1.0 / temperature).log(), requires_grad=learnable)
-
-    def forward(self) -> torch.Tensor:
-        return self.log_scale.exp().clamp(max=100.0)

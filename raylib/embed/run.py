@@ -1,4 +1,5 @@
-"""Batch embedding on Ray Data: input pieces -> tokenising tasks -> model actors -> writer actors (writer.py).
+"""The batch-embedding stage's driver, one Ray Data chain: the piece reader's tasks tokenise each piece
+(tokenize.py) -> model actors embed it (actor.py) -> writer actors commit it (writer.py, store.py).
 
 Each input piece travels whole through the stages (one block), so the writer can commit it atomically:
 vectors, bad rows, then its manifest entry. A re-run skips committed pieces, which makes the output hold
@@ -12,45 +13,19 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import torch
 
-from raylib.config import ConfigError, EmbedderConfig, EmbedJobConfig
-from raylib.data.filesystem import redact
-from raylib.data.sources import list_input_files, plan_pieces
+from raylib.config import ConfigError, EmbedJobConfig
+from raylib.data.sources import list_input_files, plan_pieces, read_pieces
+from raylib.embed.actor import EmbedActor
 from raylib.embed.store import OutputStore
-from raylib.embed.tokenize import TOKENS, tokenize_piece
+from raylib.embed.tokenize import tokenize_piece
 from raylib.embed.writer import PieceWriter
-from raylib.models.embedder import Embedder, resolve_spec
+from raylib.models.spec import resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from raylib.runtime import init_ray
-
-
-class EmbedActor:
-    """A model replica: embeds the token ids of whole pieces in token-budget batches."""
-
-    def __init__(self, model_json: str, input_type: str, batch_tokens: int, threads: int, device: str):
-        torch.set_num_threads(threads)
-        self.embedder = Embedder(EmbedderConfig.model_validate_json(model_json), device=device)
-        self.prompt_length = self.embedder.tokenize.prompt_length(input_type)
-        self.batch_tokens = batch_tokens
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        column = table.column(TOKENS).combine_chunks()
-        offsets, values = column.offsets.to_numpy(), column.values.to_numpy()
-        lengths = np.diff(offsets)
-        valid = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
-        vectors = np.zeros((len(table), self.embedder.dimensions), dtype=np.float32)
-        if len(valid):
-            sequences = [values[offsets[row] : offsets[row + 1]] for row in valid]
-            vectors[valid] = self.embedder.embed_tokens(sequences, self.batch_tokens,
-                                                        [self.prompt_length] * len(sequences))
-        embedding = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), self.embedder.dimensions)
-        return (table.drop_columns([TOKENS]).append_column("embedding", embedding)
-                .append_column("_tokens", pa.array(lengths, pa.int64())))
+from raylib.storage import redact
 
 
 @dataclass
@@ -104,7 +79,8 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     started = time.perf_counter()
     fs, files = list_input_files(config.input)
     pieces = plan_pieces(fs, files, config.input)
-    tokenizer = PromptTokenizer.from_spec(resolve_spec(config.model))  # a bad model fails here, before Ray starts
+    # a bad model fails here, before Ray starts
+    tokenizer = PromptTokenizer.from_spec(resolve_spec(**config.model.model_dump()))
     store = OutputStore(config.output.path)
     store.claim(_settings(config))
     store.discard_temporary()
@@ -117,15 +93,8 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     if todo:
         compute, model_json = config.compute, config.model.model_dump_json()
         dataset = (
-            ray.data.from_items([piece.to_dict() for piece in todo], override_num_blocks=len(todo))
-            .map_batches(
-                tokenize_piece,
-                batch_size=1,
-                batch_format="pyarrow",
-                fn_kwargs={"input_config": config.input.model_dump(), "tokenizer": tokenizer,
-                           "input_type": config.input_type, "output_uri": config.output.path},
-                num_cpus=compute.tokenizer_cpus,
-            )
+            read_pieces(todo, config.input, compute.tokenizer_cpus, tokenize_piece, tokenizer=tokenizer,
+                        input_type=config.input_type, output_uri=config.output.path)
             .map_batches(
                 EmbedActor,
                 batch_size=None,

@@ -14,16 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray.data
 
-from raylib.config import ConfigError, InputConfig, MineJobConfig
-from raylib.data.filesystem import redact, resolve
+from raylib.config import ConfigError, MineJobConfig
 from raylib.data.pairs import raw_pairs, row_error
-from raylib.data.sources import Piece, list_input_files, plan_pieces, read_piece
-from raylib.eval.retrieval import embed_texts
-from raylib.eval.search import top_k
-from raylib.models.embedder import Embedder, resolve_spec
+from raylib.data.sources import list_input_files, plan_pieces, read_pieces
+from raylib.embed.search import top_k
+from raylib.embed.texts import embed_texts
+from raylib.models.embedder import Embedder
+from raylib.models.spec import resolve_spec
 from raylib.runtime import init_ray
+from raylib.storage import redact, resolve
 
 
 def text_id(text: str) -> str:
@@ -62,19 +62,12 @@ def read_pairs(config: MineJobConfig) -> tuple[list[dict], list[dict]]:
     return good, bad
 
 
-def _read_piece(batch: pa.Table, input_config: dict) -> pa.Table:
-    (fields,) = batch.to_pylist()
-    return read_piece(Piece(**fields), InputConfig.model_validate(input_config)).select(["text", "_error", "_where"])
-
-
 def read_corpus(config: MineJobConfig) -> tuple[list[str], list[dict]]:
     """(texts, bad rows {where, error}) of the extra candidate documents in config.corpus."""
     if config.corpus is None:
         return [], []
     pieces = plan_pieces(*list_input_files(config.corpus), config.corpus)
-    rows = ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=len(pieces)).map_batches(
-        _read_piece, batch_size=1, batch_format="pyarrow", num_cpus=config.compute.tokenizer_cpus,
-        fn_kwargs={"input_config": config.corpus.model_dump()})
+    rows = read_pieces(pieces, config.corpus, config.compute.tokenizer_cpus)
     texts, bad = [], []
     for batch in rows.iter_batches(batch_format="pyarrow"):
         for row in batch.to_pylist():
@@ -143,15 +136,15 @@ def check_paths(config: MineJobConfig) -> None:
 
 
 def run_mining(config: MineJobConfig) -> MiningSummary:
-    """Mine, write the shards and errors.jsonl, print one summary line."""
+    """Mine, write the shards and errors.jsonl; returns the run's counts."""
     started = time.perf_counter()
-    resolve_spec(config.model)
+    spec = resolve_spec(**config.model.model_dump())
     check_paths(config)
     init_ray()
     pairs, bad = read_pairs(config)
     corpus, bad_corpus = read_corpus(config)
     documents = {text_id(text): text for text in [row["document"] for row in pairs] + corpus}
-    embedder = Embedder(config.model)
+    embedder = Embedder(spec)
     document_vectors = embed_texts(config.model, embedder, documents, "document", config.pipeline_above,
                                    config.compute)
     queries = {str(index): row["query"] for index, row in enumerate(pairs)}
@@ -172,5 +165,4 @@ def run_mining(config: MineJobConfig) -> MiningSummary:
     summary.shards = write_shards(triplets, config)
     write_errors(bad + bad_corpus, config)
     summary.seconds = time.perf_counter() - started
-    print(summary.line())
     return summary

@@ -11,8 +11,8 @@
 import hashlib
 from collections import defaultdict
 
+from raylib.data.beir import RetrievalSet
 from raylib.data.sample_corpus import sample_documents
-from raylib.eval.beir import RetrievalSet
 
 MIN_SUMMARY, MIN_BODY = 25, 80
 

@@ -1,0 +1,1 @@
+"""Hard-negative mining. run.py: the driver (embed, search, positive-aware filter, triplet shards)."""
