@@ -178,10 +178,32 @@ def test_lora_trains_only_adapters_and_pooling_and_merges_to_the_same_outputs():
             torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
     adapted.eval()
     plain = make_bidirectional(AutoModel.from_config(config)).eval()
+    live = {name: tensor.clone() for name, tensor in adapted.state_dict().items()}
     merged = merged_state(adapted, adapted.state_dict())
+    assert all(torch.equal(tensor, live[name]) for name, tensor in adapted.state_dict().items())  # untouched
     assert not any("lora" in name for name in merged)
     plain.load_state_dict(merged)  # strict: exactly the plain model's keys
     with torch.no_grad():
         before = pooling(adapted(tokens, attention_mask=mask).last_hidden_state, mask)
         after = pooling(plain(tokens, attention_mask=mask).last_hidden_state, mask)
     assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_pair_rows_follow_the_piece_readers_bad_row_rules(tmp_path):
+    import json
+
+    from raylib.data.pairs import pairs_pieces, read_pairs_piece
+
+    lines = [json.dumps({"query": "q1", "document": "d1", "negatives": ["n1", "", "n2"]}), "{not json", "[1]",
+             json.dumps({"query": "q2", "document": "d2", "negatives": "one text, not a list"}),
+             json.dumps({"query": "q3", "document": "d3", "negatives": ["n3"]}),
+             json.dumps({"query": "", "document": "d4", "negatives": ["n4", "n5"]})]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    (piece,) = pairs_pieces(str(tmp_path), "jsonl", "query")
+    table = read_pairs_piece(piece, str(tmp_path), "query", "document", "negatives", hard_negatives=2)
+    assert table.column("query").to_pylist() == ["q1", None, None, None, None, None]
+    assert table.column("negatives").to_pylist()[0] == ["n1", "n2"]  # the first good ones
+    assert [error and error.split(" (")[0] for error in table.column("_error").to_pylist()] == [
+        None, "line is not valid JSON", "line is not a JSON object", "negatives is a str, not a list of texts",
+        "needs 2 hard negatives, has 1", "query is missing, empty or not a string"]
+    assert all(where.startswith(f"{tmp_path}/pairs.jsonl byte ") for where in table.column("_where").to_pylist())

@@ -216,7 +216,7 @@ def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
         ({"architecture": {"n_embd": 100, "n_head": 3}},
          "architecture: nomic_bert config: n_embd (100) must be divisible by n_head (3)"),
         ({"seq_len": 9000}, "seq_len: 9000 is longer than architecture.n_positions"),
-        ({"data": {"path": "/nonexistent/texts"}}, "input.path: /nonexistent/texts does not exist"),
+        ({"data": {"path": "/nonexistent/texts"}}, "data.path: /nonexistent/texts does not exist"),
         ({"tokenizer": "/tmp"}, "tokenizer: /tmp has no tokenizer_config.json"),
         ({"strategy": {"kind": "fsdp"}}, "strategy.kind"),
     ],

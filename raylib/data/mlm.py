@@ -12,16 +12,19 @@ from raylib.data.tokens import text_tokens
 from raylib.models.tokenizer import PromptTokenizer
 
 
-def text_pieces(config: InputConfig) -> list[Piece]:
-    """The input's pieces; a missing path or column fails here with ConfigError, before any Ray work."""
-    return plan_pieces(*list_input_files(config), config)
+def text_pieces(config: InputConfig, section: str = "data") -> list[Piece]:
+    """The pieces of the job's text input (the `section` of its config); a missing path or column fails here
+    with ConfigError, before any Ray work."""
+    return plan_pieces(*list_input_files(config, section), config, section)
 
 
-def token_dataset(pieces: list[Piece], config: InputConfig, tokenizer_path: str, read_cpus: float) -> ray.data.Dataset:
+def token_dataset(pieces: list[Piece], config: InputConfig, tokenizer_path: str,
+                  read_cpus: float) -> ray.data.Dataset:
     """A dataset of tokenised rows (input_ids, _error, _where) over the pieces; each read/tokenise task asks
     for `read_cpus` so it fits beside the training workers."""
-    tokenizer = PromptTokenizer.from_directory(tokenizer_path, {"document": ""}, max_length=512)  # unused: tokenised whole
-    return read_pieces(pieces, config, read_cpus, text_tokens, tokenizer=tokenizer)
+    # text is tokenised whole (text_tokens): max_length is not used
+    tokenizer = PromptTokenizer.from_directory(tokenizer_path, {"document": ""}, max_length=512)
+    return read_pieces(pieces, read_cpus, text_tokens, config=config, tokenizer=tokenizer)
 
 
 def pack_windows(token_lists: Iterable[list[int]], seq_len: int, cls_id: int, sep_id: int) -> Iterator[list[int]]:

@@ -45,12 +45,13 @@ def _piece_key(path: str, fmt: str, start: int) -> str:
     return f"{stem}-{digest}-{'rg' if fmt == 'parquet' else 'b'}{start}"
 
 
-def list_input_files(config: InputConfig) -> tuple[pafs.FileSystem, list[tuple[str, str]]]:
-    """(filesystem, [(path, format)]) of the input, or ConfigError naming input.path."""
+def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.FileSystem, list[tuple[str, str]]]:
+    """(filesystem, [(path, format)]) of the input, or ConfigError naming <section>.path (the config section
+    that holds these input settings)."""
     fs, root = resolve(config.path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise ConfigError(f"input.path: {config.path} does not exist; give a file or directory of parquet/jsonl")
+        raise ConfigError(f"{section}.path: {config.path} does not exist; give a file or directory of parquet/jsonl")
     infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(root, recursive=True))
     files = []
     for item in sorted(infos, key=lambda i: i.path):
@@ -62,7 +63,8 @@ def list_input_files(config: InputConfig) -> tuple[pafs.FileSystem, list[tuple[s
             files.append((item.path, fmt))
     if not files:
         raise ConfigError(
-            f"input.path: no .parquet or .jsonl files in {config.path}; point it at your data or set input.format"
+            f"{section}.path: no .parquet or .jsonl files in {config.path}; point it at your data or set "
+            f"{section}.format"
         )
     return fs, files
 
@@ -86,8 +88,10 @@ def first_file_columns(fs: pafs.FileSystem, files: list[tuple[str, str]], sample
     return list(keys)
 
 
-def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: InputConfig) -> list[Piece]:
-    """Split files into pieces: whole parquet row groups up to rows_per_piece rows, jsonl bytes_per_piece ranges."""
+def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: InputConfig,
+                section: str = "input") -> list[Piece]:
+    """Split files into pieces: whole parquet row groups up to rows_per_piece rows, jsonl bytes_per_piece ranges;
+    a parquet file without the configured columns is a ConfigError naming <section>.<key>."""
     pieces = []
     for path, fmt in files:
         if fmt == "jsonl":
@@ -102,8 +106,8 @@ def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: Input
         for key in ("id_column", "text_column"):
             if getattr(config, key) is not None and getattr(config, key) not in names:
                 raise ConfigError(
-                    f"input.{key}: {path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
-                    f"set input.{key}"
+                    f"{section}.{key}: {path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
+                    f"set {section}.{key}"
                 )
         group, rows, first_row = 0, 0, 0
         for index in range(metadata.num_row_groups):
@@ -123,26 +127,6 @@ def _check_text(text) -> str | None:
     if not text.strip():
         return "text is empty"
     return None
-
-
-def _read_parquet(fs, piece: Piece, config: InputConfig) -> pa.Table:
-    columns = [name for name in (config.id_column, config.text_column) if name is not None]
-    with fs.open_input_file(piece.uri) as handle:
-        table = pq.ParquetFile(handle).read_row_groups(range(piece.start, piece.stop), columns=columns)
-    texts = table.column(config.text_column).to_pylist()
-    if config.id_column is None:
-        ids = pa.nulls(len(texts), pa.string())
-        errors = [_check_text(text) for text in texts]
-    else:
-        ids = table.column(config.id_column)
-        errors = ["id is missing or null" if doc_id is None else _check_text(text)
-                  for doc_id, text in zip(ids.to_pylist(), texts)]
-    where = [f"{piece.uri} row {piece.first_row + row}" for row in range(len(texts))]
-    texts = [text if error is None else None for text, error in zip(texts, errors)]
-    return pa.table(
-        {"id": ids, "text": pa.array(texts, pa.string()), "_error": pa.array(errors, pa.string()),
-         "_where": pa.array(where, pa.string())}
-    )
 
 
 def _byte_range_lines(fs, piece: Piece):
@@ -168,70 +152,92 @@ def _byte_range_lines(fs, piece: Piece):
         offset += len(line)
 
 
-def _row_id(row: dict, id_column: str | None) -> tuple[str | int | None, str | None]:
-    """(id, error) of a parsed jsonl row; rows have no id when id_column is None."""
-    if id_column is None:
-        return None, None
-    doc_id = row.get(id_column)
-    if doc_id is None:
-        return None, f"id is missing or null (key {id_column!r})"
-    if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-        return None, f"id is a {type(doc_id).__name__}, not a string or integer"
-    return doc_id, None
-
-
-def _parse_jsonl_row(line: bytes, config: InputConfig) -> tuple[str | None, str | None, str | None]:
-    """(id, text, error) of one jsonl line."""
+def _parse_line(line: bytes) -> tuple[dict | None, str | None]:
+    """(row, error) of one jsonl line: a JSON object, or the reason it is not one."""
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, None, f"line is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        return None, f"line is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
     if not isinstance(row, dict):
-        return None, None, "line is not a JSON object"
-    doc_id, error = _row_id(row, config.id_column)
-    if error:
-        return None, None, error
-    text = row.get(config.text_column)
-    error = _check_text(text)
-    return (None if doc_id is None else str(doc_id)), (text if error is None else None), error
+        return None, "line is not a JSON object"
+    return row, None
 
 
-def _read_jsonl(fs, piece: Piece, config: InputConfig) -> pa.Table:
-    ids, texts, errors, where = [], [], [], []
+def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[str | None], list[str]]:
+    """(values, errors, where) of a piece's rows: the named columns as the file holds them (parquet: arrow
+    columns, null where the file has no such column; jsonl: lists of parsed values, None where a row lacks
+    the key), the reason a row cannot be read at all (a jsonl line that is not a JSON object) and where each
+    row is (file and row number or byte offset). `path` is the input's configured path (its filesystem)."""
+    fs, _ = resolve(path)
+    if piece.format == "parquet":
+        with fs.open_input_file(piece.uri) as handle:
+            file = pq.ParquetFile(handle)
+            present = [name for name in dict.fromkeys(columns) if name in file.schema_arrow.names]
+            table = file.read_row_groups(range(piece.start, piece.stop), columns=present)
+        rows = len(table)
+        values = {name: table.column(name) if name in present else pa.nulls(rows) for name in columns}
+        return values, [None] * rows, [f"{piece.uri} row {piece.first_row + row}" for row in range(rows)]
+    values, errors, where = {name: [] for name in columns}, [], []
     for offset, line in _byte_range_lines(fs, piece):
         if not line.strip():
             continue
-        doc_id, text, error = _parse_jsonl_row(line, config)
-        ids.append(doc_id)
-        texts.append(text)
+        row, error = _parse_line(line)
+        for name in values:
+            values[name].append(None if row is None else row.get(name))
         errors.append(error)
         where.append(f"{piece.uri} byte {offset}")
-    return pa.table(
-        {"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
-         "_error": pa.array(errors, pa.string()),
-         "_where": pa.array(where, pa.string())}
-    )
+    return values, errors, where
+
+
+def as_list(column) -> list:
+    """A column from read_rows as a Python list."""
+    return column if isinstance(column, list) else column.to_pylist()
+
+
+def _id_error(doc_id, typed: bool) -> str | None:
+    """Why a row's id is unusable: missing, or (untyped jsonl values) neither a string nor an integer; a
+    parquet column's type is the file's own."""
+    if doc_id is None:
+        return "id is missing or null"
+    if not typed and (isinstance(doc_id, bool) or not isinstance(doc_id, (str, int))):
+        return f"id is a {type(doc_id).__name__}, not a string or integer"
+    return None
 
 
 def read_piece(piece: Piece, config: InputConfig) -> pa.Table:
     """Rows of a piece as a table (id, text, _error, _where); a bad row keeps its place with text null and
-    the reason in _error."""
-    fs, _ = resolve(config.path)
-    reader = _read_parquet if piece.format == "parquet" else _read_jsonl
-    return reader(fs, piece, config)
+    the reason in _error. Parquet ids keep their column's type; jsonl ids become strings."""
+    id_column, text_column = config.id_column, config.text_column
+    values, errors, where = read_rows(piece, config.path, [name for name in (id_column, text_column) if name])
+    texts = as_list(values[text_column])
+    ids = [None] * len(texts) if id_column is None else as_list(values[id_column])
+    typed = piece.format == "parquet"
+    id_errors = [error or (id_column and _id_error(doc_id, typed)) for error, doc_id in zip(errors, ids)]
+    errors = [id_error or _check_text(text) for id_error, text in zip(id_errors, texts)]
+    if id_column is None:
+        id_array = pa.nulls(len(texts), pa.string())
+    elif piece.format == "parquet":
+        id_array = values[id_column]
+    else:
+        id_array = pa.array([None if error else str(doc_id) for doc_id, error in zip(ids, id_errors)], pa.string())
+    return pa.table({
+        "id": id_array,
+        "text": pa.array([text if error is None else None for text, error in zip(texts, errors)], pa.string()),
+        "_error": pa.array(errors, pa.string()),
+        "_where": pa.array(where, pa.string()),
+    })
 
 
-def _read_piece_task(batch: pa.Table, input_config: dict, then: Callable | None, then_kwargs: dict) -> pa.Table:
+def _read_piece_task(batch: pa.Table, read: Callable[..., pa.Table], read_kwargs: dict) -> pa.Table:
     (fields,) = batch.to_pylist()
-    piece = Piece(**fields)
-    table = read_piece(piece, InputConfig.model_validate(input_config))
-    return table if then is None else then(table, piece, **then_kwargs)
+    return read(Piece(**fields), **read_kwargs)
 
 
-def read_pieces(pieces: list[Piece], config: InputConfig, cpus: float, then: Callable | None = None,
-                **then_kwargs) -> ray.data.Dataset:
-    """A dataset with one block per piece: a task (asking for `cpus`) reads the piece (read_piece) and, when
-    given, returns then(table, piece, **then_kwargs) instead, so a piece travels whole to the next stage."""
+def read_pieces(pieces: list[Piece], cpus: float, read: Callable[..., pa.Table] = read_piece,
+                **read_kwargs) -> ray.data.Dataset:
+    """The one Ray Data reader of the jobs that stream input: a dataset with one block per piece, made by a
+    task (asking for `cpus`) that returns read(piece, **read_kwargs) -- read_piece, or a job's function that
+    reads the piece with it (or with read_rows) and goes on, so that a piece travels whole to the next stage."""
     return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=len(pieces)).map_batches(
         _read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
-        fn_kwargs={"input_config": config.model_dump(), "then": then, "then_kwargs": then_kwargs})
+        fn_kwargs={"read": read, "read_kwargs": read_kwargs})

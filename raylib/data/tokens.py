@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from raylib.data.sources import Piece
+from raylib.config import InputConfig
+from raylib.data.sources import Piece, read_piece
 from raylib.models.tokenizer import PromptTokenizer
 
 TOKENS = "input_ids"
@@ -27,8 +28,9 @@ def token_column(table: pa.Table, tokenizer: PromptTokenizer, input_type: str = 
     return pa.array(token_ids, pa.list_(pa.int32()))
 
 
-def text_tokens(table: pa.Table, piece: Piece, tokenizer: PromptTokenizer) -> pa.Table:
+def text_tokens(piece: Piece, config: InputConfig, tokenizer: PromptTokenizer) -> pa.Table:
     """MLM's reading step: a piece's rows as (input_ids, _error, _where), text without special tokens or
     truncation (the trainer packs it into windows)."""
+    table = read_piece(piece, config)
     return pa.table({TOKENS: token_column(table, tokenizer, whole=True),
                      "_error": table.column("_error"), "_where": table.column("_where")})

@@ -93,7 +93,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     if todo:
         compute, model_json = config.compute, config.model.model_dump_json()
         dataset = (
-            read_pieces(todo, config.input, compute.tokenizer_cpus, tokenize_piece, tokenizer=tokenizer,
+            read_pieces(todo, compute.tokenizer_cpus, tokenize_piece, config=config.input, tokenizer=tokenizer,
                         input_type=config.input_type, output_uri=config.output.path)
             .map_batches(
                 EmbedActor,

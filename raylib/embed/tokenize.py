@@ -1,23 +1,24 @@
-"""The first stage of batch embedding, after the piece reader: tokenise a piece's good rows and tag every
-row with its piece, so the writer can commit it whole. Light (see raylib/data/tokens.py)."""
+"""The first stage of batch embedding, run by the piece reader's tasks: read a piece, tokenise its good rows
+and tag every row with its piece, so the writer can commit it whole. Light (see raylib/data/tokens.py)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from raylib.data.sources import Piece
+from raylib.config import InputConfig
+from raylib.data.sources import Piece, read_piece
 from raylib.data.tokens import TOKENS, token_column
 from raylib.embed.store import OutputStore
 from raylib.models.tokenizer import PromptTokenizer
 
 
-def tokenize_piece(table: pa.Table, piece: Piece, tokenizer: PromptTokenizer, input_type: str,
+def tokenize_piece(piece: Piece, config: InputConfig, tokenizer: PromptTokenizer, input_type: str,
                    output_uri: str) -> pa.Table:
-    """A read piece (id, text, _error, _where) as (id, _error, _where, input_ids, _piece, _piece_rows); bad
-    rows keep null token ids.
+    """The piece's rows as (id, _error, _where, input_ids, _piece, _piece_rows); bad rows keep null token ids.
 
     A piece without rows (a jsonl range inside one long line) has nothing to embed and is committed here.
     """
+    table = read_piece(piece, config)
     if len(table) == 0:
         OutputStore(output_uri).commit_piece(piece.key, None, [], {"rows": 0, "errors": 0, "tokens": 0})
     return (

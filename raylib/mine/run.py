@@ -16,7 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylib.config import ConfigError, MineJobConfig
-from raylib.data.pairs import raw_pairs, row_error
+from raylib.data.pairs import pairs_pieces, read_pairs_piece
 from raylib.data.sources import list_input_files, plan_pieces, read_pieces
 from raylib.embed.search import top_k
 from raylib.embed.texts import embed_texts
@@ -46,19 +46,18 @@ class MiningSummary:
 
 
 def read_pairs(config: MineJobConfig) -> tuple[list[dict], list[dict]]:
-    """(good rows {query, document}, bad rows {query, document, error}) of the pairs files (Ray Data read)."""
-    columns = (config.pairs.query_column, config.pairs.document_column)
+    """(good rows {query, document}, bad rows {where, error}) of the pairs files, read by the piece reader."""
+    pairs = config.pairs
+    rows = read_pieces(pairs_pieces(pairs.path, pairs.format, pairs.query_column), config.compute.tokenizer_cpus,
+                       read_pairs_piece, path=pairs.path, query_column=pairs.query_column,
+                       document_column=pairs.document_column)
     good, bad = [], []
-    for batch in raw_pairs(config.pairs.path, config.pairs.format, config.compute.tokenizer_cpus).iter_batches(
-            batch_format="pyarrow"):
-        values = [batch.column(name).to_pylist() if name in batch.column_names else [None] * len(batch)
-                  for name in columns]
-        for query, document in zip(*values):
-            error = row_error(query, document, None, 0)
-            if error is None:
-                good.append({"query": query, "document": document})
+    for batch in rows.iter_batches(batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            if row["_error"] is None:
+                good.append({"query": row["query"], "document": row["document"]})
             else:
-                bad.append({"query": str(query)[:200], "document": str(document)[:200], "error": error})
+                bad.append({"where": row["_where"], "error": row["_error"]})
     return good, bad
 
 
@@ -66,8 +65,8 @@ def read_corpus(config: MineJobConfig) -> tuple[list[str], list[dict]]:
     """(texts, bad rows {where, error}) of the extra candidate documents in config.corpus."""
     if config.corpus is None:
         return [], []
-    pieces = plan_pieces(*list_input_files(config.corpus), config.corpus)
-    rows = read_pieces(pieces, config.corpus, config.compute.tokenizer_cpus)
+    pieces = plan_pieces(*list_input_files(config.corpus, "corpus"), config.corpus, "corpus")
+    rows = read_pieces(pieces, config.compute.tokenizer_cpus, config=config.corpus)
     texts, bad = [], []
     for batch in rows.iter_batches(batch_format="pyarrow"):
         for row in batch.to_pylist():
@@ -129,10 +128,7 @@ def check_paths(config: MineJobConfig) -> None:
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise ConfigError(f"pairs.path: {config.pairs.path} does not exist; point it at parquet/jsonl files")
     if config.corpus is not None:
-        try:
-            list_input_files(config.corpus)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("input.", "corpus.")) from None
+        list_input_files(config.corpus, "corpus")
 
 
 def run_mining(config: MineJobConfig) -> MiningSummary:

@@ -85,7 +85,8 @@ class Embedder:
             out[batch] = self.embed_batch([token_ids[i] for i in batch], lengths)
         return out
 
-    def encode(self, texts: Sequence[str], input_type: str = "document", batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
+    def encode(self, texts: Sequence[str], input_type: str = "document",
+               batch_tokens: int = BATCH_TOKENS) -> np.ndarray:
         """Embed texts as float32 (len(texts), dimensions), applying the input type's prefix."""
         if not texts:
             return np.empty((0, self.dimensions), dtype=np.float32)

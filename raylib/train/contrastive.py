@@ -141,10 +141,7 @@ def train_loop(loop_config: dict) -> None:
 def check_datasets(config: ContrastiveJobConfig) -> None:
     """Every dataset has files with the columns its stages need (local or object storage), or ConfigError."""
     for index, dataset in enumerate(config.datasets):
-        try:
-            fs, files = list_input_files(InputConfig(path=dataset.path, format=dataset.format))
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("input.path", f"datasets[{index}].path")) from None
+        fs, files = list_input_files(InputConfig(path=dataset.path, format=dataset.format), f"datasets[{index}]")
         columns = first_file_columns(fs, files)
         needed = ["query_column", "document_column"]
         if config.hard_negatives_of(dataset.name):
