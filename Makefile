@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/python examples/search.py --embeddings out/embeddings --corpus examples/data/docs --query "$(QUERY)"
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # a few minutes: the layer contract, configs, tokenizer, models, the embed pipeline (no training, no serving)
 test-fast: install

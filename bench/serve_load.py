@@ -33,6 +33,7 @@ def service_config(batching: bool, replicas: int) -> dict:
     config["http_options"]["port"] = free_port()
     app = config["applications"][0]
     app["args"]["batching"]["enabled"] = batching
+    app["args"]["api_key_env"] = None  # on 127.0.0.1 for this run only
     model = next(d for d in app["deployments"] if d["name"] == MODEL)
     model.pop("autoscaling_config")
     model["num_replicas"] = replicas

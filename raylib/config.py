@@ -123,6 +123,7 @@ class LimitsConfig(Strict):
 
     max_inputs: int = Field(2048, gt=0)  # inputs per request
     max_body_bytes: int = Field(8_000_000, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)  # a request the model has not answered by then gets a 503
 
 
 class ServeAppConfig(Strict):
@@ -131,7 +132,9 @@ class ServeAppConfig(Strict):
     models: list[ServedModelConfig] = Field(default_factory=lambda: [ServedModelConfig()], min_length=1)
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
-    api_key_env: str = "RAYLIB_API_KEY"  # when this variable is set, requests need `Authorization: Bearer <key>`
+    # requests need `Authorization: Bearer <the variable's value>`; a named variable that is not set refuses to
+    # deploy (fail closed); null serves without a key
+    api_key_env: str | None = "RAYLIB_API_KEY"
 
 
 class OptimConfig(Strict):

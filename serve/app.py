@@ -7,6 +7,7 @@ carries the model's name).
 
 import asyncio
 import hmac
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
@@ -26,14 +28,17 @@ from raylib.models.spec import ModelSpec, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from serve.openai_api import (
     ApiError,
+    TokenizeRequest,
     check_token_ids,
     embedding_response,
     fit_lengths,
     parse_request,
+    quoted,
     shorten,
     split_inputs,
 )
 
+logger = logging.getLogger(__name__)
 REPLICA_RETRIES = 2  # a request whose model replica dies is sent again to another one
 
 
@@ -98,12 +103,34 @@ class ServedModel:
         return self.tokenize.vocab_size
 
 
-api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None)
+api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None, openapi_url=None)  # schema: behind the key
+
+
+def required_api_key(env: str | None) -> str | None:
+    """The key requests must carry: the value of the variable `env` names (None: no key asked for). A named
+    variable that is unset or empty refuses to deploy, so the service never runs open by mistake."""
+    if env is None:
+        return None
+    key = os.environ.get(env)
+    if not key:
+        raise ConfigError(
+            f"serve application args: api_key_env: {env} is not set; set it where Ray starts (export {env}=<key>), "
+            f"in the application's runtime_env.env_vars or from a Kubernetes Secret on KubeRay, or set "
+            "api_key_env: null to serve without a key"
+        )
+    return key
 
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+@api.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """What was not the caller's mistake: a 500 in the API's error shape, without internals (logged here)."""
+    logger.exception("request %s %s failed", request.method, request.url.path)
+    return await _api_error(request, ApiError(500, "internal error; the service logged it", kind="server_error"))
 
 
 @api.exception_handler(HTTPException)
@@ -139,7 +166,7 @@ class EmbeddingsAPI:
             spec = resolve_spec(**served.model.model_dump())
             self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), handles[served.name])
         self.default_model = self.config.models[0].name
-        self.api_key = os.environ.get(self.config.api_key_env) or None
+        self.api_key = required_api_key(self.config.api_key_env)
         self.requests = Counter("embeddings_requests", "embedding requests by model and status",
                                 tag_keys=("model", "status"))
         self.tokens = Counter("embeddings_tokens", "input tokens embedded", tag_keys=("model",))
@@ -152,17 +179,21 @@ class EmbeddingsAPI:
             raise ApiError(401, "missing or wrong API key; send `Authorization: Bearer <key>`",
                            code="invalid_api_key")
 
+    def served(self, name: str | None) -> tuple[str, ServedModel]:
+        """(name, model) the request's `model` field picks (None: the default), or a 404."""
+        served = self.models.get(name or self.default_model)
+        if served is None:
+            raise ApiError(404, f"model {quoted(name)} is not served; choose one of {sorted(self.models)}",
+                           param="model", code="model_not_found")
+        return name or self.default_model, served
+
     @api.post("/v1/embeddings")
     async def create_embeddings(self, request: Request) -> JSONResponse:
         model_name = "unknown"
         try:
             self.authorize(request)
             body = parse_request(await read_body(request, self.config.limits.max_body_bytes))
-            model_name = body.model or self.default_model
-            served = self.models.get(model_name)
-            if served is None:
-                raise ApiError(404, f"model {model_name!r} is not served; choose one of {sorted(self.models)}",
-                               param="model", code="model_not_found")
+            model_name, served = self.served(body.model)
             if body.dimensions is not None and body.dimensions > served.spec.dimensions:
                 raise ApiError(400, f"dimensions: at most {served.spec.dimensions} for {model_name}",
                                param="dimensions")
@@ -186,12 +217,38 @@ class EmbeddingsAPI:
         return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens))
 
     async def embed(self, handle: DeploymentHandle, token_ids: list[list[int]], prompt_length: int) -> np.ndarray:
+        """The model deployment's vectors; a full queue (the deployment's max_queued_requests) or no answer
+        within limits.request_timeout_s is a fast 503 with Retry-After, a dead replica is retried."""
+        timeout = self.config.limits.request_timeout_s
         for attempt in range(REPLICA_RETRIES + 1):
             try:
-                return await handle.embed.remote(token_ids, prompt_length)
+                return await asyncio.wait_for(handle.embed.remote(token_ids, prompt_length), timeout)
+            except BackPressureError:
+                raise ApiError(503, "the model's queue is full; retry in a moment", code="overloaded",
+                               kind="server_error", retry_after_s=1) from None
+            except asyncio.TimeoutError:
+                raise ApiError(503, f"the model did not answer within {timeout:g} s; retry in a moment",
+                               code="timeout", kind="server_error", retry_after_s=5) from None
             except RayActorError:
                 if attempt == REPLICA_RETRIES:
                     raise
+
+    @api.post("/tokenize")
+    async def tokenize(self, request: Request) -> JSONResponse:
+        """Token ids and counts of texts as the model embeds them (its prefix and truncation), for clients
+        that budget tokens."""
+        self.authorize(request)
+        body = parse_request(await read_body(request, self.config.limits.max_body_bytes), TokenizeRequest)
+        model_name, served = self.served(body.model)
+        texts = split_inputs(body.input, self.config.limits.max_inputs).texts
+        token_ids = await asyncio.to_thread(served.tokenize, texts, body.input_type, body.truncate)
+        total = sum(len(ids) for ids in token_ids)
+        return JSONResponse({
+            "object": "list", "model": model_name,
+            "data": [{"object": "tokens", "index": index, "tokens": ids, "count": len(ids)}
+                     for index, ids in enumerate(token_ids)],
+            "usage": {"prompt_tokens": total, "total_tokens": total},
+        })
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> JSONResponse:
@@ -199,16 +256,22 @@ class EmbeddingsAPI:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "raylib"} for name in self.models]
         return JSONResponse({"object": "list", "data": data})
 
+    @api.get("/openapi.json")
+    async def openapi_schema(self, request: Request) -> JSONResponse:
+        self.authorize(request)
+        return JSONResponse(api.openapi())
+
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        """200 once every model deployment has a replica with its model loaded, else 503."""
+        """200 once every model deployment has a replica with its model loaded, else 503; open to load
+        balancers without the key, so it says nothing else."""
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(served.handle.ready.remote() for served in self.models.values())), timeout=5
             )
-        except (asyncio.TimeoutError, RayActorError) as exc:
-            return JSONResponse({"status": "loading", "detail": type(exc).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "models": sorted(self.models)})
+        except (asyncio.TimeoutError, RayActorError):
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
 
 def build_app(args: dict) -> serve.Application:
@@ -217,6 +280,7 @@ def build_app(args: dict) -> serve.Application:
     names = [served.name for served in config.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"serve application args: models: names must differ (got {names})")
+    required_api_key(config.api_key_env)
     for served in config.models:
         resolve_spec(**served.model.model_dump())  # a bad path or dimension fails the deploy, not the first request
     handles = {

@@ -14,15 +14,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+QUOTED_CHARS = 200  # of a bad value, at most, in an error message
+
+
+def quoted(value) -> str:
+    """A bad value as an error message shows it: repr (lone surrogates escaped), at most QUOTED_CHARS."""
+    shown = repr(value)
+    return shown if len(shown) <= QUOTED_CHARS else shown[:QUOTED_CHARS] + "..."
 
 
 class ApiError(Exception):
     """A request the service refuses; rendered as OpenAI's {"error": {...}} body with a 4xx status."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", retry_after_s: int | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = {} if retry_after_s is None else {"Retry-After": str(retry_after_s)}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
@@ -42,6 +50,17 @@ class EmbeddingRequest(BaseModel):
     truncate: bool = True  # False: an input longer than the model's max length is an error
 
 
+class TokenizeRequest(BaseModel):
+    """POST /tokenize body: texts and the model whose tokenizer, prefix and truncation apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: StrictStr | list[StrictStr]
+    model: StrictStr | None = None
+    input_type: Literal["query", "document"] = "document"
+    truncate: bool = True
+
+
 @dataclass
 class Inputs:
     """A request's inputs as either texts or token id lists, never both."""
@@ -53,18 +72,41 @@ class Inputs:
         return len(self.texts if self.texts is not None else self.token_ids)
 
 
-def parse_request(body: bytes) -> EmbeddingRequest:
-    """Decode and check a request body; ApiError(400) names the bad field."""
+def parse_request(body: bytes, schema: type[BaseModel] = EmbeddingRequest) -> BaseModel:
+    """Decode and check a request body against `schema`; ApiError(400) names the bad field."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object", code="invalid_json")
+        raise ApiError(400, f"request body is not valid JSON ({str(exc)[:QUOTED_CHARS]}); send a JSON object",
+                       code="invalid_json") from None
+    except ValueError:  # an integer literal past Python's digit limit
+        raise ApiError(400, "request body holds a number too long to read; send plain JSON values",
+                       code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply; send the fields of the embeddings API only",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object with an `input` field", code="invalid_json")
     try:
-        return EmbeddingRequest.model_validate(data)
+        request = schema.model_validate(data)
     except ValidationError as exc:
         raise _describe(exc.errors()[0]) from None
+    _check_unicode(request)
+    return request
+
+
+def _check_unicode(request: BaseModel) -> None:
+    """Refuse strings that are not valid Unicode text (a lone surrogate such as "\\ud83d"): no tokenizer
+    or response can carry them."""
+    texts = [request.input] if isinstance(request.input, str) else request.input
+    fields = [(f"input[{index}]", "input", text) for index, text in enumerate(texts) if isinstance(text, str)]
+    fields += [(name, name, getattr(request, name)) for name in ("model", "user") if getattr(request, name, None)]
+    for where, param, text in fields:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"{where} is not valid Unicode text ({exc.reason} at position {exc.start}); "
+                           "send UTF-8 text", param=param) from None
 
 
 def _describe(error: dict) -> ApiError:
@@ -75,7 +117,7 @@ def _describe(error: dict) -> ApiError:
         return ApiError(400, f"{param} is required", param=param)
     if param == "input":
         return ApiError(400, f"input must be {INPUT_SHAPES}", param="input")
-    return ApiError(400, f"{param}: {error['msg']} (got {error.get('input')!r})", param=param)
+    return ApiError(400, f"{param}: {error['msg']} (got {quoted(error.get('input'))})", param=param)
 
 
 def split_inputs(raw: str | list, max_inputs: int) -> Inputs:

@@ -88,3 +88,15 @@ def test_rayservice_serve_config_is_serve_config_yaml():
     expected["http_options"].pop("host")
     assert served == expected, "cluster/kuberay/rayservice.yaml drifted from serve/config.yaml"
     ServeAppConfig.model_validate(served["applications"][0]["args"])
+
+
+def test_rayservice_gives_every_ray_container_the_api_key_from_a_secret():
+    service = manifest("rayservice.yaml")
+    key_env = ServeAppConfig.model_validate(
+        yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]).api_key_env
+    cluster = service["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {item["name"]: item for item in container.get("env", [])}
+            assert env[key_env]["valueFrom"]["secretKeyRef"]["name"] == "raylib-api-key", container["name"]

@@ -106,3 +106,26 @@ def test_token_budget_batches_bound_padding():
     for batch in batches:
         assert len(batch) * max(lengths[i] for i in batch) <= 600 or len(batch) == 1
     assert [lengths[i] for i in batches[0]] == [300, 300]
+
+
+@pytest.mark.parametrize("assigned, cuda, worker, device", [
+    ([], False, True, "cpu"), ([0], False, True, "cpu"),  # no CUDA: the CPU whatever Ray says
+    ([], True, True, "cpu"),  # a Ray worker never computes on a GPU it did not reserve
+    ([3], True, True, "cuda:0"),  # Ray makes the assigned GPU the first visible one
+    ([], True, False, "cuda:0"), ([], False, False, "cpu"),  # a driver uses the GPU when there is one
+])
+def test_one_device_rule_from_what_ray_assigned(assigned, cuda, worker, device):
+    from raylib.models.device import choose_device
+
+    assert choose_device(assigned, cuda, worker) == device
+
+
+def test_precision_auto_is_fp16_on_gpus_without_bf16_and_the_embedder_takes_the_rules_device():
+    from raylib.models.device import current_device
+    from raylib.models.precision import resolve_precision
+
+    if not torch.cuda.is_available():
+        assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    assert str(Embedder(resolve_spec(dimensions=32)).device) == current_device() == (
+        "cuda:0" if torch.cuda.is_available() else "cpu")

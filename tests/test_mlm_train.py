@@ -210,6 +210,23 @@ def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6] and second.metrics["step"] == 6
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_deepspeed_zero_stages_1_and_3_train_and_export_the_full_weights(ray_session, corpus, tmp_path, stage):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    strategy = {"kind": "deepspeed", "zero_stage": stage}
+    result = run_mlm(job(corpus, tmp_path, f"zero{stage}", strategy=strategy, batch_size=4, optim={"max_steps": 3},
+                         checkpoint={"every_steps": 3}))
+    assert result.metrics["step"] == 3
+    checkpoint = Path(result.checkpoint.path)
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / "deepspeed"), tag="state")
+    exported = AutoModelForMaskedLM.from_pretrained(checkpoint / "model").state_dict()
+    shared = [name for name in exported if name in trained]
+    assert len(shared) >= len(trained) - 1  # all of them (a tied decoder weight may be stored once)
+    for name in shared:  # the export holds the trained weights, gathered whole from every rank's partition
+        assert exported[name].shape == trained[name].shape and torch.allclose(exported[name], trained[name]), name
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

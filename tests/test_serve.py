@@ -36,7 +36,8 @@ def service_config(port: int) -> dict:
         {"name": MODEL, "ray_actor_options": {"num_cpus": 0.5}, "autoscaling_config": {
             "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
             "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}},
-        {"name": SMALL, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}},
+        {"name": SMALL, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 1,
+         "max_queued_requests": 1},  # a short queue, for the overload test
     ]
     return config
 
@@ -158,6 +159,11 @@ MISTAKES = [
     ({"json": {"input": "x" * 60_000}}, 413, None),
     ({"json": {"input": "x"}, "headers": {"Authorization": ""}}, 401, None),
     ({"json": {"input": "x"}, "headers": {"Authorization": "Bearer wrong"}}, 401, None),
+    ({"content": b'{"input": "x", "dimensions": ' + b"9" * 5000 + b"}"}, 400, None),  # past Python's digit limit
+    ({"content": b'{"input": ' + b"[" * 20000 + b"]" * 20000 + b"}"}, 400, None),  # past the recursion limit
+    ({"content": b'{"input": "\\ud83d is half an emoji"}'}, 400, "input"),  # a lone surrogate
+    ({"content": b'{"input": ["fine", "\\udc00"]}'}, 400, "input"),
+    ({"content": b'{"input": "x", "model": "\\ud83d"}'}, 400, "model"),
 ]
 
 
@@ -174,7 +180,7 @@ def test_unknown_routes_answer_in_the_error_shape_and_the_service_stays_healthy(
     response = client.get("/v1/nothing")
     assert response.status_code == 404 and response.json()["error"]["message"]
     assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/health").json() == {"status": "ok", "models": sorted([MODEL, SMALL])}
+    assert client.get("/health").json() == {"status": "ok"}  # open, so it names nothing
     assert len(embed(client, input="still serving")["data"]) == 1
 
 
@@ -238,3 +244,49 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(client):
     while running_replicas(MODEL) > 1:
         assert time.monotonic() < deadline, "idle replica was not removed"
         time.sleep(1)
+
+
+def test_bad_values_are_quoted_briefly_and_the_schema_is_behind_the_key(client):
+    for body in ({"input": "x", "model": "m" * 5000}, {"input": "x", "dimensions": "9" * 5000}):
+        response = client.post("/v1/embeddings", json=body)
+        assert 400 <= response.status_code < 500 and len(response.json()["error"]["message"]) < 400
+    refused = client.get("/openapi.json", headers={"Authorization": ""})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert "/v1/embeddings" in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_named_but_missing_api_key_refuses_to_deploy(monkeypatch):
+    from raylib.config import ConfigError
+    from serve.app import build_app
+
+    monkeypatch.delenv("RAYLIB_TEST_UNSET_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"api_key_env: RAYLIB_TEST_UNSET_KEY is not set; .*api_key_env: null"):
+        build_app({"api_key_env": "RAYLIB_TEST_UNSET_KEY"})
+    build_app({"api_key_env": None})  # the explicit opt-out
+    monkeypatch.setenv("RAYLIB_TEST_UNSET_KEY", "a-key")
+    build_app({"api_key_env": "RAYLIB_TEST_UNSET_KEY"})
+
+
+def test_a_burst_past_the_queue_gets_fast_503s_with_retry_after(client):
+    def post(_):
+        return client.post("/v1/embeddings", json={"input": "a burst of requests " * 40, "model": SMALL})
+
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(post, range(48)))
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    refused = next(response for response in responses if response.status_code == 503)
+    assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "overloaded"
+    assert len(embed(client, input="served again", model=SMALL)["data"]) == 1
+
+
+def test_tokenize_gives_the_models_token_ids_behind_the_key(client, embedder):
+    result = client.post("/tokenize", json={"input": ["hello world", "word " * 600], "model": SMALL,
+                                            "input_type": "query"}).json()
+    expected = embedder.tokenize(["query: hello world", "query: " + "word " * 600])  # SMALL's query prefix
+    assert [row["tokens"] for row in result["data"]] == expected
+    assert [row["count"] for row in result["data"]] == [len(ids) for ids in expected]
+    assert result["data"][1]["count"] == embedder.spec.max_length  # truncated as embedding would
+    assert result["usage"]["prompt_tokens"] == sum(map(len, expected)) and result["model"] == SMALL
+    refused = client.post("/tokenize", json={"input": "x"}, headers={"Authorization": ""})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"

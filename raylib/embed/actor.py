@@ -16,9 +16,9 @@ from raylib.models.spec import resolve_spec
 class EmbedActor:
     """A model replica: embeds the token ids of whole pieces in token-budget batches."""
 
-    def __init__(self, model_json: str, input_type: str, batch_tokens: int, threads: int, device: str):
+    def __init__(self, model_json: str, input_type: str, batch_tokens: int, threads: int):
         torch.set_num_threads(threads)
-        self.embedder = Embedder(resolve_spec(**json.loads(model_json)), device=device)
+        self.embedder = Embedder(resolve_spec(**json.loads(model_json)))  # on the GPU Ray gave it, if any
         self.prompt_length = self.embedder.tokenize.prompt_length(input_type)
         self.batch_tokens = batch_tokens
 

@@ -104,7 +104,6 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
                     "input_type": config.input_type,
                     "batch_tokens": compute.batch_tokens,
                     "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
-                    "device": "cuda" if compute.gpus_per_actor > 0 else "cpu",
                 },
                 compute=ray.data.ActorPoolStrategy(size=compute.actors),
                 num_cpus=compute.cpus_per_actor,

@@ -12,6 +12,7 @@ from transformers import AutoModel
 from raylib.config import BATCH_TOKENS, ConfigError
 from raylib.models.batching import token_budget_batches
 from raylib.models.bidirectional import make_bidirectional
+from raylib.models.device import current_device
 from raylib.models.latent_attention import load_head
 from raylib.models.pooling import pool_hidden
 from raylib.models.precision import autocast, resolve_precision
@@ -37,10 +38,11 @@ def pad_token_ids(token_ids: Sequence[Sequence[int]], pad_id: int, multiple: int
 class Embedder:
     """Turns texts (or token ids) into embedding vectors with one encoder on one device."""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        """`device`: 'cpu', 'cuda:N'; None: this process's by the one device rule (device.py)."""
         self.spec = spec
         self.dimensions = spec.dimensions
-        self.device = torch.device(device)
+        self.device = torch.device(device or current_device())
         self.precision = resolve_precision(spec.precision, self.device)
         # bf16 kernels are built per input shape (oneDNN on CPUs); rounding lengths up to 16 reuses them: ~15%
         # faster here for the extra padded tokens

@@ -1,5 +1,5 @@
-"""Precision of the forward pass, for inference and training: fp32, or bf16 autocast (matmuls in bf16, norms
-and softmax in fp32)."""
+"""Precision of the forward pass, for inference and training: fp32, or bf16 / fp16 autocast (matmuls in 16 bits,
+norms and softmax in fp32)."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ def native_bf16(device: torch.device) -> bool:
     AVX-512 BF16 / AMX (where oneDNN runs bf16 matmuls ~3x faster than fp32; elsewhere bf16 is emulated
     and slower)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' becomes 'bf16' where the device computes it natively, else 'fp32'; others stay as asked."""
+    """'auto' becomes 'bf16' where the device computes it natively, else 'fp16' on a GPU (T4, V100: tensor cores
+    without bf16), else 'fp32'; others stay as asked."""
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else "fp32"
     return precision
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The forward pass's context for a resolved precision."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()

@@ -63,8 +63,9 @@ class TrainEngine:
 
     `accumulate(loss)` once per micro-batch; `finish_step()` after `optim.grad_accum` of them applies the
     update and returns the gradient norm. `precision` is fp32, bf16 or auto (bf16 where the device computes it
-    natively). With DDP, bf16 means autocast over fp32 weights; with DeepSpeed it means DeepSpeed's bf16 mode
-    (bf16 weights, fp32 master copy in the optimizer).
+    natively, else fp32: fp16 training with a loss scaler is not implemented). With DDP, bf16 means autocast
+    over fp32 weights; with DeepSpeed it means DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the
+    optimizer).
     """
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategyConfig, micro_batch: int,

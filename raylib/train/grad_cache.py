@@ -6,15 +6,32 @@ state, so dropout matches) and back-propagate the cached vector gradient. Parame
 the plain step; activation memory is that of one chunk.
 """
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+
+
+def _random_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The CPU's and every visible GPU's random state: dropout on either must replay alike."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+
+
+@contextlib.contextmanager
+def _replaying(state: tuple[torch.Tensor, list[torch.Tensor]]) -> Iterator[None]:
+    """Run the block from a saved random state, then go on from the current one."""
+    cpu, gpus = state
+    with torch.random.fork_rng(devices=range(len(gpus))):
+        torch.set_rng_state(cpu)
+        if gpus:
+            torch.cuda.set_rng_state_all(gpus)
+        yield
 
 
 def _embed_without_grad(encode: Callable, chunks: Sequence) -> tuple[torch.Tensor, list]:
     states, vectors = [], []
     for chunk in chunks:
-        states.append(torch.get_rng_state())
+        states.append(_random_state())
         with torch.no_grad():
             vectors.append(encode(chunk))
     return torch.cat(vectors), states
@@ -37,8 +54,7 @@ def grad_cache_step(encode: Callable, inputs: Sequence[Sequence], loss_fn: Calla
     for group, (chunks, (vectors, states), leaf) in enumerate(zip(inputs, cached, leaves)):
         start = 0
         for index, (chunk, state) in enumerate(zip(chunks, states)):
-            with torch.random.fork_rng(devices=[]):
-                torch.set_rng_state(state)
+            with _replaying(state):
                 chunk_vectors = (encode_last or encode)(chunk) if (group, index) == last else encode(chunk)
             rows = chunk_vectors.shape[0]
             chunk_vectors.backward(leaf.grad[start:start + rows])
