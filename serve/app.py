@@ -136,7 +136,8 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 @api.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     """Unknown routes and methods answer in the same error shape as the API's own errors."""
-    return await _api_error(request, ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"))
+    return await _api_error(request, ApiError(exc.status_code,
+                                              f"{request.method} {quoted(request.url.path)}: {exc.detail}"))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -231,7 +232,8 @@ class EmbeddingsAPI:
                                code="timeout", kind="server_error", retry_after_s=5) from None
             except RayActorError:
                 if attempt == REPLICA_RETRIES:
-                    raise
+                    raise ApiError(503, "the model's replicas are restarting; retry in a moment", code="unavailable",
+                                   kind="server_error", retry_after_s=5) from None
 
     @api.post("/tokenize")
     async def tokenize(self, request: Request) -> JSONResponse:

@@ -24,7 +24,8 @@ def quoted(value) -> str:
 
 
 class ApiError(Exception):
-    """A request the service refuses; rendered as OpenAI's {"error": {...}} body with a 4xx status."""
+    """A request the service refuses or cannot serve; rendered as OpenAI's {"error": {...}} body with its
+    status (4xx: the caller's mistake; 503: try again later; 500: ours)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error", retry_after_s: int | None = None):
@@ -110,14 +111,14 @@ def _check_unicode(request: BaseModel) -> None:
 
 
 def _describe(error: dict) -> ApiError:
-    param = str(error["loc"][0]) if error["loc"] else None
+    param = str(error["loc"][0])[:QUOTED_CHARS] if error["loc"] else None
     if error["type"] == "extra_forbidden":
-        return ApiError(400, f"unrecognized request argument: {param}; remove it", param=param)
+        return ApiError(400, f"unrecognized request argument: {quoted(param)}; remove it", param=param)
     if error["type"] == "missing":
         return ApiError(400, f"{param} is required", param=param)
     if param == "input":
         return ApiError(400, f"input must be {INPUT_SHAPES}", param="input")
-    return ApiError(400, f"{param}: {error['msg']} (got {quoted(error.get('input'))})", param=param)
+    return ApiError(400, f"{param or 'request'}: {error['msg']} (got {quoted(error.get('input'))})", param=param)
 
 
 def split_inputs(raw: str | list, max_inputs: int) -> Inputs:

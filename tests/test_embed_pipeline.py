@@ -121,3 +121,9 @@ def test_parquet_pieces_group_whole_row_groups(tmp_path):
     assert [(p.start, p.stop, p.first_row) for p in pieces] == [(0, 2, 0), (2, 4, 20), (4, 6, 40), (6, 8, 60),
                                                                  (8, 10, 80)]
     assert [len(read_piece(p, config)) for p in pieces] == [20] * 5
+
+
+def test_the_piece_reader_over_no_pieces_is_an_empty_dataset(ray_session):
+    from raylib.data.sources import read_pieces
+
+    assert read_pieces([], 0.25).count() == 0

@@ -290,3 +290,11 @@ def test_tokenize_gives_the_models_token_ids_behind_the_key(client, embedder):
     assert result["usage"]["prompt_tokens"] == sum(map(len, expected)) and result["model"] == SMALL
     refused = client.post("/tokenize", json={"input": "x"}, headers={"Authorization": ""})
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_an_unknown_argument_is_named_briefly():
+    from serve.openai_api import ApiError, parse_request
+
+    with pytest.raises(ApiError) as refused:
+        parse_request(b'{"input": "x", "' + b"k" * 5000 + b'": 1}')
+    assert refused.value.status == 400 and len(refused.value.message) < 400 and len(refused.value.param) <= 200

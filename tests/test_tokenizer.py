@@ -85,14 +85,14 @@ def test_a_model_without_a_fast_tokenizer_is_refused_with_the_fix(tmp_path):
 
 def test_mlm_reading_step_tokenises_like_transformers_without_special_tokens(tmp_path, documents):
     from raylib.config import InputConfig
-    from raylib.data.mlm import text_pieces
+    from raylib.data.mlm import text_pieces, text_tokenizer
     from raylib.data.tokens import text_tokens
 
     rows = [{"text": doc["text"]} for doc in documents[:50]] + [{"text": "word " * 600}, {"text": ""}]
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     config = InputConfig(path=str(tmp_path), id_column=None)
     (piece,) = text_pieces(config, "input")
-    tokenizer = PromptTokenizer.from_directory(SPEC.directory, {"document": ""}, max_length=16)
+    tokenizer = text_tokenizer(str(SPEC.directory))
     table = text_tokens(piece, config, tokenizer)
     reference = AutoTokenizer.from_pretrained(SPEC.directory)
     expected = reference([row["text"] for row in rows[:-1]], add_special_tokens=False, verbose=False)["input_ids"]

@@ -18,12 +18,16 @@ def text_pieces(config: InputConfig, section: str = "data") -> list[Piece]:
     return plan_pieces(*list_input_files(config, section), config, section)
 
 
-def token_dataset(pieces: list[Piece], config: InputConfig, tokenizer_path: str,
+def text_tokenizer(tokenizer_path: str) -> PromptTokenizer:
+    """The MLM job's tokenizer (config key `tokenizer`); a directory without a fast tokenizer is a ConfigError."""
+    # text is tokenised whole (text_tokens): max_length is not used
+    return PromptTokenizer.from_directory(tokenizer_path, {"document": ""}, max_length=512, key="tokenizer")
+
+
+def token_dataset(pieces: list[Piece], config: InputConfig, tokenizer: PromptTokenizer,
                   read_cpus: float) -> ray.data.Dataset:
     """A dataset of tokenised rows (input_ids, _error, _where) over the pieces; each read/tokenise task asks
     for `read_cpus` so it fits beside the training workers."""
-    # text is tokenised whole (text_tokens): max_length is not used
-    tokenizer = PromptTokenizer.from_directory(tokenizer_path, {"document": ""}, max_length=512)
     return read_pieces(pieces, read_cpus, text_tokens, config=config, tokenizer=tokenizer)
 
 

@@ -238,6 +238,7 @@ def read_pieces(pieces: list[Piece], cpus: float, read: Callable[..., pa.Table] 
     """The one Ray Data reader of the jobs that stream input: a dataset with one block per piece, made by a
     task (asking for `cpus`) that returns read(piece, **read_kwargs) -- read_piece, or a job's function that
     reads the piece with it (or with read_rows) and goes on, so that a piece travels whole to the next stage."""
-    return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=len(pieces)).map_batches(
+    blocks = max(len(pieces), 1)  # no pieces (only empty files): an empty dataset
+    return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=blocks).map_batches(
         _read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
         fn_kwargs={"read": read, "read_kwargs": read_kwargs})

@@ -66,7 +66,8 @@ def read_corpus(config: MineJobConfig) -> tuple[list[str], list[dict]]:
     if config.corpus is None:
         return [], []
     pieces = plan_pieces(*list_input_files(config.corpus, "corpus"), config.corpus, "corpus")
-    rows = read_pieces(pieces, config.compute.tokenizer_cpus, config=config.corpus)
+    rows = read_pieces(pieces, config.compute.tokenizer_cpus, config=config.corpus).select_columns(
+        ["text", "_error", "_where"])
     texts, bad = [], []
     for batch in rows.iter_batches(batch_format="pyarrow"):
         for row in batch.to_pylist():

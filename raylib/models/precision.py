@@ -13,7 +13,8 @@ def native_bf16(device: torch.device) -> bool:
     AVX-512 BF16 / AMX (where oneDNN runs bf16 matmuls ~3x faster than fp32; elsewhere bf16 is emulated
     and slower)."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        # emulated bf16 (T4, V100) is slower than fp16 there: only hardware bf16 counts
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and torch.cpu._is_avx512_bf16_supported()
 
 

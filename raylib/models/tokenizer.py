@@ -46,14 +46,16 @@ class PromptTokenizer:
 
     @classmethod
     def from_directory(cls, directory, prefixes: dict[str, str], max_length: int, include_prompt: bool = True,
-                       trust_remote_code: bool = False, source: str | None = None) -> PromptTokenizer:
-        """The tokenizer saved in `directory` (shown as `source` in errors), with these prefixes and max length."""
+                       trust_remote_code: bool = False, source: str | None = None,
+                       key: str = "model.path") -> PromptTokenizer:
+        """The tokenizer saved in `directory` (shown as `source`, from config key `key`, in errors), with these
+        prefixes and max length."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code)
         if not tokenizer.is_fast:
             raise ConfigError(
-                f"model.path: {source or directory} has no fast tokenizer (tokenizer.json); add one where "
+                f"{key}: {source or directory} has no fast tokenizer (tokenizer.json); add one where "
                 "transformers can convert it: AutoTokenizer.from_pretrained(path, use_fast=True).save_pretrained(path)"
             )
         return cls(

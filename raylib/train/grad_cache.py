@@ -13,8 +13,9 @@ import torch
 
 
 def _random_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The CPU's and every visible GPU's random state: dropout on either must replay alike."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    """The CPU's random state and, once this process computes on CUDA, every visible GPU's: dropout on either must
+    replay alike (a CPU worker on a GPU node never opens a CUDA context for it)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
 
 
 @contextlib.contextmanager

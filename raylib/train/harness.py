@@ -64,6 +64,8 @@ class StepLoop:
         self.engine, self.checkpoint, self.max_steps = engine, checkpoint, max_steps
         progress = restore(engine)
         self.step, self.data = progress.get("step", 0), progress.get("data", {})  # data: the streams' positions
+        if "batches_in_epoch" in progress:  # an MLM checkpoint written before this harness: one stream, "train"
+            self.data = {"train": {"epoch": progress["epoch"], "skip": progress["batches_in_epoch"]}}
         context = ray.train.get_context()
         self.rank, self.workers = context.get_world_rank(), context.get_world_size()
         self.log, self.reports, self.clock = MetricsLog(checkpoint, self.rank), TrainReports(engine), StepClock()

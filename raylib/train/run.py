@@ -22,7 +22,7 @@ from raylib.config import (
     ScalingConfig,
     TrainingJobConfig,
 )
-from raylib.data.mlm import text_pieces, token_dataset
+from raylib.data.mlm import text_pieces, text_tokenizer, token_dataset
 from raylib.data.pairs import pairs_dataset
 from raylib.models.spec import resolve_spec
 from raylib.runtime import init_ray
@@ -115,7 +115,7 @@ def train_on_ray(loop: Callable[[dict], None], config: TrainingJobConfig,
 def run_mlm(config: MlmJobConfig) -> TrainSummary:
     """Check the architecture, tokenizer and data, then pretrain."""
     mlm.architecture(config)
-    tokenizer = mlm.tokenizer_path(config)
+    tokenizer = text_tokenizer(mlm.tokenizer_path(config))
     pieces = text_pieces(config.data)
     return train_on_ray(mlm.train_loop, config,
                         lambda: {"train": token_dataset(pieces, config.data, tokenizer, config.scaling.data_cpus)},
