@@ -70,13 +70,16 @@ class InputConfig(Strict):
     format: Literal["auto", "parquet", "jsonl"] = "auto"
     id_column: str | None = "id"  # None: rows carry no id (text-only jobs such as MLM pretraining)
     text_column: str = "text"
-    rows_per_piece: int = Field(8192, gt=0)  # parquet: whole row groups up to this many rows
-    bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges split at line ends
+    rows_per_piece: int = Field(8192, gt=0)  # at most, per piece (parquet row groups are cut when larger)
+    bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges split at line starts
 
 
 class OutputConfig(Strict):
     path: str
     dtype: Literal["float32", "float16"] = "float32"
+    # one run at a time writes the directory; a run that died (kill -9) is taken over this long after its last
+    # heartbeat
+    lease_timeout_s: float = Field(60.0, gt=0)
 
 
 class ComputeConfig(Strict):
@@ -445,7 +448,8 @@ def validate_config(data: object, schema: type[Schema], source: str) -> Schema:
 
 def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None) -> int:
     """Entrypoint shared by the jobs: parse --config, load it, run the stage's driver and print the summary it
-    returns (`.line()`); a ConfigError becomes one line and exit code 2."""
+    returns (`.line()`); a ConfigError becomes one line and exit code 2; the summary's `exit_code`, if any, is the
+    process's (the embed job's 3: finished, but some inputs could not be read)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file")
     args = parser.parse_args(argv)
@@ -460,4 +464,4 @@ def job_main(description: str, schema: type[Schema], run, argv: list[str] | None
         print(f"config error: {args.config}: {exc}", file=sys.stderr)
         return 2
     print(summary.line(), flush=True)
-    return 0
+    return getattr(summary, "exit_code", 0)

@@ -61,10 +61,16 @@ def local_copy(uri: str, files: dict[str, pafs.FileInfo], skip: Callable[[str], 
 
     A later call with a narrower `skip` adds only the missing files. Processes fetching the same copy at
     once take turns (a lock file beside it): the first downloads, the others find the files in place. Each
-    file lands by rename: a reader never sees half a file.
+    file lands by rename: a reader never sees half a file. A name that would land outside the copy (a key
+    with `..` in it) is refused, before anything is copied, with a ValueError naming it.
     """
     fs = resolve(uri)[0]
     directory = copy_location(uri, files)
+    real = directory.resolve()
+    for name in files:
+        if real not in (directory / name).resolve().parents:
+            raise ValueError(f"remote directory {redact(uri)} lists a file {name!r} that would land outside its "
+                             "local copy; remove that object")
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory.with_name(f"{directory.name}.lock")):
         for name, info in files.items():

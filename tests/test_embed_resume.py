@@ -33,7 +33,7 @@ def test_sigkill_then_rerun_finishes_exactly_once(ray_session, tmp_path, documen
     config_path = tmp_path / "embed.yaml"
     config_path.write_text(
         f"input: {{path: {tmp_path / 'in'}, bytes_per_piece: 6000}}\n"
-        f"output: {{path: {tmp_path / 'out'}}}\n"
+        f"output: {{path: {tmp_path / 'out'}, lease_timeout_s: 2}}\n"
         "compute: {actors: 1, cpus_per_actor: 1, threads_per_actor: 1}\n"
     )
     manifest = tmp_path / "out" / "_manifest"
@@ -46,6 +46,7 @@ def test_sigkill_then_rerun_finishes_exactly_once(ray_session, tmp_path, documen
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
     finished_before = len(list(manifest.glob("*.json"))) - 1
+    time.sleep(2)  # the killed run's output lease goes stale
 
     rerun = start_job(config_path, ray_session)
     output, _ = rerun.communicate(timeout=600)

@@ -6,6 +6,7 @@ import fcntl
 import json
 import threading
 
+import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -119,6 +120,24 @@ def test_processes_copying_one_remote_model_at_once_take_turns(s3):
     copier.join(60)
     assert not copier.is_alive()
     assert {str(path.relative_to(copy)) for path in copy.rglob("*") if path.is_file()} == set(files)
+
+
+def test_a_remote_key_that_would_land_outside_the_local_copy_is_refused_before_copying(s3, tmp_path, monkeypatch):
+    endpoint, fs = s3
+    monkeypatch.setenv("RAYLIB_CACHE_DIR", str(tmp_path / "cache"))
+    fs.create_dir("models")
+    bucket = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    # raw keys (pyarrow can't write `..`); reading the second, pyarrow's client asks for models/escaped.txt
+    for key in ("runs/r1/model/config.json", "runs/r1/model/../../../escaped.txt", "escaped.txt"):
+        bucket.put_object(Bucket="models", Key=key, Body=b"{}")
+    uri = f"s3://{SECRET}@models/runs/r1/model?endpoint_override={endpoint}"
+    files = remote_files(uri)
+    assert "../../../escaped.txt" in files
+    with pytest.raises(ValueError) as error:
+        local_copy(uri, files)
+    message = str(error.value)
+    assert "s3://***@models/runs/r1/model" in message and "'../../../escaped.txt'" in message and SECRET not in message
+    assert list(tmp_path.iterdir()) == []  # nothing copied: no tmp_path/escaped.txt, not even the cache folder
 
 
 def test_training_metrics_are_copied_to_the_bucket_and_a_restarted_run_continues_them(s3):

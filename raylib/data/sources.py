@@ -1,19 +1,24 @@
-"""Input pieces for streaming jobs: parquet row-group ranges and jsonl byte ranges, read with row checks.
+"""Input pieces for streaming jobs: parquet row ranges and jsonl byte ranges, read with row checks.
 
-A piece is the unit of work and of resume: small enough to embed in one go, found without reading the data
-(parquet footers and file sizes only), and named by a stable key. `read_pieces` is the one Ray Data reader of
-every job that streams text: a task per piece reads it and hands its table to the job's next step.
+A piece is the unit of work and of resume: bounded in rows (and jsonl bytes) whatever the file's layout, found
+without embedding anything (parquet footers, jsonl line ends), and named by a stable key that includes its
+file's fingerprint (size and modification time), so a changed file makes new pieces. `read_pieces` is the one
+Ray Data reader of every job that streams text: a task per piece reads it and hands its table to the job's next
+step. A file that cannot be read at all is reported (`InputPlan.unreadable`, `UnreadableInput`), never a
+traceback; a row that cannot be used keeps its place with the reason.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import io
 import json
 import posixpath
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -24,30 +29,69 @@ from raylib.storage import resolve
 
 SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 READ_AHEAD = 1 << 16
+READ_BATCH_ROWS = 65536  # parquet rows decoded at a time when a piece is a range inside a row group
+# what pyarrow raises for a file it cannot decode (ArrowInvalid: no footer, bad magic; OSError: corrupt pages) --
+# and for an object store that fails: either way the file is reported and retried by the next run, not committed
+UNREADABLE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError)
+
+
+class UnreadableInput(Exception):
+    """A file or piece that cannot be read at all (corrupt, not the format, changed since planning)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str  # as a path of the input's filesystem
+    format: str  # parquet | jsonl
+    size: int
+    fingerprint: str  # changes when the file is appended to, rewritten or replaced
 
 
 @dataclass(frozen=True)
 class Piece:
     uri: str  # the file, as a path of the input's filesystem
     format: str  # parquet | jsonl
-    start: int  # parquet: first row group; jsonl: first byte
+    start: int  # parquet: first row; jsonl: first byte
     stop: int  # exclusive
-    first_row: int  # parquet: row number in the file of the first row (for error reports)
+    fingerprint: str  # the file's when the piece was planned
     key: str
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _piece_key(path: str, fmt: str, start: int) -> str:
-    stem = posixpath.basename(path).split(".")[0]
-    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
-    return f"{stem}-{digest}-{'rg' if fmt == 'parquet' else 'b'}{start}"
+@dataclass
+class InputPlan:
+    pieces: list[Piece] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files not planned
 
 
-def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.FileSystem, list[tuple[str, str]]]:
-    """(filesystem, [(path, format)]) of the input, or ConfigError naming <section>.path (the config section
-    that holds these input settings)."""
+def fingerprint(info: pafs.FileInfo) -> str:
+    return hashlib.sha1(f"{info.size}:{info.mtime_ns}".encode()).hexdigest()[:8]
+
+
+def file_digest(path: str) -> str:
+    """The part of a piece key that names its file."""
+    return hashlib.sha1(path.encode()).hexdigest()[:10]
+
+
+def key_file_digest(key: str) -> str:
+    """The file part of a piece key (keys are <stem>-<file digest>-<fingerprint>-<start>)."""
+    return key.rsplit("-", 3)[1]
+
+
+def file_key(path: str) -> str:
+    """A file's name in reports: <stem>-<file digest>."""
+    return f"{posixpath.basename(path).split('.')[0]}-{file_digest(path)}"
+
+
+def _piece_key(file: InputFile, start: int) -> str:
+    return f"{file_key(file.path)}-{file.fingerprint}-{start}"
+
+
+def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.FileSystem, list[InputFile]]:
+    """(filesystem, files) of the input, or ConfigError naming <section>.path (the config section that holds
+    these input settings)."""
     fs, root = resolve(config.path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -60,7 +104,7 @@ def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.
             continue
         fmt = config.format if config.format != "auto" else SUFFIXES.get(posixpath.splitext(item.path)[1].lower())
         if fmt:
-            files.append((item.path, fmt))
+            files.append(InputFile(item.path, fmt, item.size, fingerprint(item)))
     if not files:
         raise ConfigError(
             f"{section}.path: no .parquet or .jsonl files in {config.path}; point it at your data or set "
@@ -69,54 +113,117 @@ def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.
     return fs, files
 
 
-def first_file_columns(fs: pafs.FileSystem, files: list[tuple[str, str]], sample_rows: int = 100) -> list[str]:
+def first_file_columns(fs: pafs.FileSystem, files: list[InputFile], sample_rows: int = 100) -> list[str]:
     """The column names of the first file (a jsonl file: every key of its first `sample_rows` rows)."""
-    path, fmt = files[0]
-    if fmt == "parquet":
-        with fs.open_input_file(path) as source:
-            return pq.read_schema(source).names
+    path = files[0].path
+    if files[0].format == "parquet":
+        try:
+            with fs.open_input_file(path) as source:
+                return pq.read_schema(source).names
+        except UNREADABLE_ERRORS as exc:
+            raise ConfigError(f"{path} cannot be read: {_reason(exc)}; replace or remove the file") from None
     keys: dict[str, None] = {}
     with fs.open_input_stream(path) as source:
-        lines = (line for line in io.TextIOWrapper(source, encoding="utf-8") if line.strip())
+        lines = (line for line in io.TextIOWrapper(source, encoding="utf-8", errors="replace") if line.strip())
         for _, line in zip(range(sample_rows), lines):
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
+            row, _ = _parse_line(line.encode())
+            if row is not None:
                 keys.update(dict.fromkeys(row))
     return list(keys)
 
 
-def plan_pieces(fs: pafs.FileSystem, files: list[tuple[str, str]], config: InputConfig,
-                section: str = "input") -> list[Piece]:
-    """Split files into pieces: whole parquet row groups up to rows_per_piece rows, jsonl bytes_per_piece ranges;
-    a parquet file without the configured columns is a ConfigError naming <section>.<key>."""
-    pieces = []
-    for path, fmt in files:
-        if fmt == "jsonl":
-            size = fs.get_file_info(path).size
-            for start in range(0, size, config.bytes_per_piece):
-                stop = min(start + config.bytes_per_piece, size)
-                pieces.append(Piece(path, fmt, start, stop, 0, _piece_key(path, fmt, start)))
-            continue
-        with fs.open_input_file(path) as handle:
+def _row_ranges(group_rows: list[int], max_rows: int) -> list[tuple[int, int]]:
+    """Row ranges of a parquet file: whole row groups together up to max_rows; a larger group cut in equal parts."""
+    ranges, start, pending = [], 0, 0
+    for rows in group_rows:
+        if pending and pending + rows > max_rows:
+            ranges.append((start, start + pending))
+            start, pending = start + pending, 0
+        if rows > max_rows:
+            parts = -(-rows // max_rows)
+            ranges += [(start + rows * part // parts, start + rows * (part + 1) // parts) for part in range(parts)]
+            start += rows
+        else:
+            pending += rows
+    if pending:
+        ranges.append((start, start + pending))
+    return ranges
+
+
+def _line_starts(handle, start: int, stop: int) -> np.ndarray:
+    """Offsets in [start, stop) where a line starts (a line belongs to the piece it starts in)."""
+    begin = max(start - 1, 0)
+    handle.seek(begin)
+    data = np.frombuffer(handle.read(stop - begin), np.uint8)
+    starts = np.flatnonzero(data == ord("\n")) + begin + 1
+    starts = starts[(starts >= start) & (starts < stop)]
+    return np.concatenate([[0], starts]) if start == 0 and stop > 0 else starts
+
+
+def _byte_ranges(fs, file: InputFile, piece_bytes: int, max_rows: int) -> list[tuple[int, int]]:
+    """Byte ranges of a jsonl file: piece_bytes each, cut further so that at most max_rows lines start in one;
+    a range where no line starts (inside one long line) is no piece."""
+    ranges = []
+    with fs.open_input_file(file.path) as handle:
+        for start in range(0, file.size, piece_bytes):
+            stop = min(start + piece_bytes, file.size)
+            if piece_bytes <= max_rows:  # fewer bytes than max_rows: cannot hold more lines, no need to look
+                ranges.append((start, stop))
+                continue
+            starts = _line_starts(handle, start, stop)
+            cuts = [start, *starts[max_rows::max_rows].tolist(), stop] if len(starts) else []
+            ranges += list(zip(cuts, cuts[1:]))
+    return ranges
+
+
+def _file_pieces(fs, file: InputFile, config: InputConfig, section: str, max_rows: int) -> list[Piece]:
+    if file.format == "jsonl":
+        ranges = _byte_ranges(fs, file, config.bytes_per_piece, max_rows)
+    else:
+        with fs.open_input_file(file.path) as handle:
             metadata = pq.ParquetFile(handle).metadata
         names = set(metadata.schema.names)
         for key in ("id_column", "text_column"):
             if getattr(config, key) is not None and getattr(config, key) not in names:
                 raise ConfigError(
-                    f"{section}.{key}: {path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
+                    f"{section}.{key}: {file.path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
                     f"set {section}.{key}"
                 )
-        group, rows, first_row = 0, 0, 0
-        for index in range(metadata.num_row_groups):
-            rows += metadata.row_group(index).num_rows
-            last = index == metadata.num_row_groups - 1
-            if last or rows + metadata.row_group(index + 1).num_rows > config.rows_per_piece:
-                pieces.append(Piece(path, fmt, group, index + 1, first_row, _piece_key(path, fmt, group)))
-                group, first_row, rows = index + 1, first_row + rows, 0
-    return pieces
+        ranges = _row_ranges([metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)],
+                             max_rows)
+    return [Piece(file.path, file.format, start, stop, file.fingerprint, _piece_key(file, start))
+            for start, stop in ranges]
+
+
+def plan_input(fs: pafs.FileSystem, files: list[InputFile], config: InputConfig, section: str = "input",
+               max_rows: int | None = None) -> InputPlan:
+    """Split files into pieces of at most min(rows_per_piece, max_rows) rows (parquet: whole row groups together,
+    larger ones cut; jsonl: bytes_per_piece ranges cut at line starts); a file that cannot be read is listed
+    in `unreadable` with the reason. A parquet file without the configured columns is a ConfigError naming
+    <section>.<key>."""
+    max_rows = min(config.rows_per_piece, max_rows or config.rows_per_piece)
+    plan = InputPlan()
+    for file in files:
+        try:
+            plan.pieces += _file_pieces(fs, file, config, section, max_rows)
+        except UNREADABLE_ERRORS as exc:
+            plan.unreadable.append((file.path, _reason(exc)))
+    return plan
+
+
+def plan_pieces(fs: pafs.FileSystem, files: list[InputFile], config: InputConfig, section: str = "input") -> list[Piece]:
+    """The pieces of plan_input, for jobs that need every file (training): an unreadable file is a ConfigError
+    naming it."""
+    plan = plan_input(fs, files, config, section)
+    if plan.unreadable:
+        path, reason = plan.unreadable[0]
+        more = f" (and {len(plan.unreadable) - 1} more)" if len(plan.unreadable) > 1 else ""
+        raise ConfigError(f"{section}.path: {path} cannot be read: {reason}{more}; replace or remove the file")
+    return plan.pieces
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _check_text(text) -> str | None:
@@ -153,35 +260,83 @@ def _byte_range_lines(fs, piece: Piece):
 
 
 def _parse_line(line: bytes) -> tuple[dict | None, str | None]:
-    """(row, error) of one jsonl line: a JSON object, or the reason it is not one."""
+    """(row, error) of one jsonl line: a JSON object, or the reason it is not one (bad JSON or UTF-8, an
+    integer past Python's digit limit, nesting deeper than the parser's recursion limit)."""
     try:
         row = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, f"line is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+    except RecursionError:
+        return None, "line is nested too deeply to parse"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        return None, f"line is not valid JSON ({getattr(exc, 'msg', None) or str(exc)[:200]})"
     if not isinstance(row, dict):
         return None, "line is not a JSON object"
     return row, None
 
 
+def _unencodable(name: str, value) -> str | None:
+    """Why a parsed value (a string, or a list of them) cannot become UTF-8: a lone surrogate escape."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError as exc:
+                return f"{name} holds a lone surrogate ({ascii(item[exc.start])}) at character {exc.start}"
+    return None
+
+
+def _parquet_rows(file: pq.ParquetFile, start: int, stop: int, columns: list[str]) -> pa.Table:
+    """Rows [start, stop) of a parquet file: the row groups they span, decoded a batch at a time and sliced."""
+    ends = list(np.cumsum([file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]))
+    first, last = bisect.bisect_right(ends, start), bisect.bisect_left(ends, stop)
+    position = int(ends[first - 1]) if first else 0
+    batches = []
+    for batch in file.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=range(first, last + 1), columns=columns):
+        low, high = max(start - position, 0), min(stop - position, len(batch))
+        if high > low:
+            batches.append(batch.slice(low, high - low))
+        position += len(batch)
+        if position >= stop:
+            break
+    return pa.Table.from_batches(batches, pa.schema([file.schema_arrow.field(name) for name in columns]))
+
+
+def _check_unchanged(fs, piece: Piece) -> None:
+    if fingerprint(fs.get_file_info(piece.uri)) != piece.fingerprint:
+        raise UnreadableInput(f"{piece.uri} changed after the job planned its pieces; run the job again to embed "
+                              "what it holds now")
+
+
 def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[str | None], list[str]]:
     """(values, errors, where) of a piece's rows: the named columns as the file holds them (parquet: arrow
     columns, null where the file has no such column; jsonl: lists of parsed values, None where a row lacks
-    the key), the reason a row cannot be read at all (a jsonl line that is not a JSON object) and where each
-    row is (file and row number or byte offset). `path` is the input's configured path (its filesystem)."""
+    the key), the reason a row cannot be read at all (a jsonl line that is not a JSON object, or holds a lone
+    surrogate in one of the columns) and where each row is (file and row number or byte offset). `path` is the
+    input's configured path (its filesystem). A piece that cannot be read at all, or whose file changed since
+    planning, raises UnreadableInput."""
     fs, _ = resolve(path)
+    try:
+        _check_unchanged(fs, piece)
+        if piece.format == "parquet":
+            with fs.open_input_file(piece.uri) as handle:
+                file = pq.ParquetFile(handle)
+                present = [name for name in dict.fromkeys(columns) if name in file.schema_arrow.names]
+                table = _parquet_rows(file, piece.start, piece.stop, present)
+        else:
+            lines = list(_byte_range_lines(fs, piece))
+    except UNREADABLE_ERRORS as exc:
+        raise UnreadableInput(f"{piece.uri} cannot be read: {_reason(exc)}") from None
     if piece.format == "parquet":
-        with fs.open_input_file(piece.uri) as handle:
-            file = pq.ParquetFile(handle)
-            present = [name for name in dict.fromkeys(columns) if name in file.schema_arrow.names]
-            table = file.read_row_groups(range(piece.start, piece.stop), columns=present)
-        rows = len(table)
+        rows = piece.stop - piece.start
         values = {name: table.column(name) if name in present else pa.nulls(rows) for name in columns}
-        return values, [None] * rows, [f"{piece.uri} row {piece.first_row + row}" for row in range(rows)]
+        return values, [None] * rows, [f"{piece.uri} row {piece.start + row}" for row in range(rows)]
     values, errors, where = {name: [] for name in columns}, [], []
-    for offset, line in _byte_range_lines(fs, piece):
+    for offset, line in lines:
         if not line.strip():
             continue
         row, error = _parse_line(line)
+        if row is not None:
+            error = next(filter(None, (_unencodable(name, row.get(name)) for name in values)), None)
+            row = None if error else row
         for name in values:
             values[name].append(None if row is None else row.get(name))
         errors.append(error)
@@ -239,6 +394,7 @@ def read_pieces(pieces: list[Piece], cpus: float, read: Callable[..., pa.Table] 
     task (asking for `cpus`) that returns read(piece, **read_kwargs) -- read_piece, or a job's function that
     reads the piece with it (or with read_rows) and goes on, so that a piece travels whole to the next stage."""
     blocks = max(len(pieces), 1)  # no pieces (only empty files): an empty dataset
-    return ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=blocks).map_batches(
-        _read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
-        fn_kwargs={"read": read, "read_kwargs": read_kwargs})
+    dataset = ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=blocks)
+    dataset.context.target_max_block_size = None  # Ray Data would split a block over ~128 MiB: never split a piece
+    return dataset.map_batches(_read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
+                               fn_kwargs={"read": read, "read_kwargs": read_kwargs})

@@ -11,21 +11,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 import ray
 
 from raylib.config import ConfigError, EmbedJobConfig
-from raylib.data.sources import list_input_files, plan_pieces, read_pieces
+from raylib.data.sources import file_digest, file_key, key_file_digest, list_input_files, plan_input, read_pieces
 from raylib.embed.actor import EmbedActor
 from raylib.embed.store import OutputStore
 from raylib.embed.tokenize import tokenize_piece
 from raylib.embed.writer import PieceWriter
-from raylib.models.spec import resolve_spec
+from raylib.models.spec import model_fingerprint, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from raylib.runtime import init_ray
 from raylib.storage import redact
+
+LAYOUT = 2  # of piece keys: <file stem>-<file digest>-<file fingerprint>-<first row or byte>
+PIECE_OUTPUT_BYTES = 64 << 20  # a piece's vectors at most (besides input.rows_per_piece)
+UNREADABLE_EXIT = 3  # the job finished, but some inputs could not be read (listed in <output>/_errors)
+DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
 @dataclass
@@ -37,25 +42,39 @@ class EmbedSummary:
     skipped_pieces: int
     seconds: float
     output: str
+    removed_pieces: int = 0  # committed pieces of files that changed or went away since, removed
+    unreadable: dict[str, str] = field(default_factory=dict)  # key: where and why
+
+    @property
+    def exit_code(self) -> int:
+        return UNREADABLE_EXIT if self.unreadable else 0
 
     def line(self) -> str:
         rate = self.seconds or 1e-9
-        return (
+        line = (
             f"embedded rows={self.rows} errors={self.errors} pieces={self.pieces} skipped={self.skipped_pieces} "
-            f"seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} tokens/s={self.tokens / rate:.0f} "
-            f"output={redact(self.output)}"
+            f"removed={self.removed_pieces} seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} "
+            f"tokens/s={self.tokens / rate:.0f} output={redact(self.output)}"
         )
+        if self.unreadable:
+            first = next(iter(self.unreadable.values()))
+            line += (f"\nfinished with unreadable inputs: {len(self.unreadable)} (e.g. {first}); listed in "
+                     f"{redact(self.output)}/_errors/*.unreadable.jsonl; fix or remove them and run again")
+        return line
 
 
-def _settings(config: EmbedJobConfig) -> dict:
-    """What the vectors depend on: a re-run into the same output must not change any of it. Credentials in
-    URIs are left out (stored in the output; rotating them changes nothing)."""
+def _settings(config: EmbedJobConfig, model: str) -> dict:
+    """What the vectors depend on: a re-run into the same output must not change any of it (the model's files
+    included: `model` is their fingerprint). Credentials in URIs are left out (stored in the output; rotating
+    them changes nothing)."""
     keep = ("path", "format", "id_column", "text_column", "rows_per_piece", "bytes_per_piece")
     settings = {
         **{f"input.{key}": getattr(config.input, key) for key in keep},
         **{f"model.{key}": value for key, value in config.model.model_dump().items()},
+        "model.files": model,
         "input_type": config.input_type,
         "output.dtype": config.output.dtype,
+        "layout": LAYOUT,
     }
     return {key: redact(value) if key.endswith(".path") else value for key, value in settings.items()}
 
@@ -75,61 +94,81 @@ def _check_resources(config: EmbedJobConfig) -> None:
 
 
 def run_embed(config: EmbedJobConfig) -> EmbedSummary:
-    """Embed every piece of the input not yet in the output's manifest; returns the run's counts."""
+    """Embed every piece of the input not yet in the output's manifest; returns the run's counts.
+
+    Pieces of files that changed or went away since they were committed are removed first, so the output holds
+    exactly the rows the input holds now. Files that cannot be read are reported, the rest is embedded."""
     started = time.perf_counter()
+    # a bad config, input or model fails here, before Ray starts
+    spec = resolve_spec(**config.model.model_dump())
+    tokenizer = PromptTokenizer.from_spec(spec)
     fs, files = list_input_files(config.input)
-    pieces = plan_pieces(fs, files, config.input)
-    # a bad model fails here, before Ray starts
-    tokenizer = PromptTokenizer.from_spec(resolve_spec(**config.model.model_dump()))
+    max_rows = PIECE_OUTPUT_BYTES // (spec.dimensions * DTYPE_BYTES[config.output.dtype])
+    plan = plan_input(fs, files, config.input, max_rows=max_rows)
     store = OutputStore(config.output.path)
-    store.claim(_settings(config))
-    store.discard_temporary()
-    finished = store.finished()
-    todo = [piece for piece in pieces if piece.key not in finished]
+    with store.lease(config.output.lease_timeout_s) as lease:
+        store.claim(_settings(config, model_fingerprint(spec)))
+        store.discard_temporary()
+        for path, reason in plan.unreadable:
+            store.report_unreadable(file_key(path), path, reason)
+        unreadable_files = {file_digest(path) for path, _ in plan.unreadable}
+        planned = {piece.key for piece in plan.pieces}
+        stale = {key for key in store.finished() - planned if key_file_digest(key) not in unreadable_files}
+        store.remove_pieces(stale)
+        finished = store.finished()
+        todo = [piece for piece in plan.pieces if piece.key not in finished]
 
-    init_ray()
-    _check_resources(config)
-    totals = {"rows": 0, "errors": 0, "tokens": 0}
-    if todo:
-        compute, model_json = config.compute, config.model.model_dump_json()
-        dataset = (
-            read_pieces(todo, compute.tokenizer_cpus, tokenize_piece, config=config.input, tokenizer=tokenizer,
-                        input_type=config.input_type, output_uri=config.output.path)
-            .map_batches(
-                EmbedActor,
-                batch_size=None,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={
-                    "model_json": model_json,
-                    "input_type": config.input_type,
-                    "batch_tokens": compute.batch_tokens,
-                    "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
-                },
-                compute=ray.data.ActorPoolStrategy(size=compute.actors),
-                num_cpus=compute.cpus_per_actor,
-                num_gpus=compute.gpus_per_actor,
-            )
-            .map_batches(
-                PieceWriter,
-                batch_size=None,
-                batch_format="pyarrow",
-                fn_constructor_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
-                                       "dtype": config.output.dtype},
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=compute.actors),
-                num_cpus=compute.writer_cpus,
-            )
-        )
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for key in totals:
-                totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
+        init_ray()
+        _check_resources(config)
+        totals = _embed(todo, config, tokenizer) if todo else {"rows": 0, "errors": 0, "tokens": 0}
+        if lease.lost:
+            raise RuntimeError(f"another run took over {redact(store.uri)} while this one ran; run the job again")
 
-    missing = {piece.key for piece in pieces} - store.finished()
+    unreadable = store.unreadable()
+    missing = planned - store.finished() - unreadable.keys()
     if missing:
         raise RuntimeError(
             f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job"
         )
     return EmbedSummary(
-        rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(pieces),
-        skipped_pieces=len(pieces) - len(todo), seconds=time.perf_counter() - started,
-        output=store.uri,
+        rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(plan.pieces),
+        skipped_pieces=len(plan.pieces) - len(todo), seconds=time.perf_counter() - started,
+        output=store.uri, removed_pieces=len(stale), unreadable=unreadable,
     )
+
+
+def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer) -> dict[str, int]:
+    """Run the pieces through the Ray Data chain; returns the committed rows, bad rows and tokens."""
+    compute = config.compute
+    dataset = (
+        read_pieces(todo, compute.tokenizer_cpus, tokenize_piece, config=config.input, tokenizer=tokenizer,
+                    input_type=config.input_type, output_uri=config.output.path)
+        .map_batches(
+            EmbedActor,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_constructor_kwargs={
+                "model_json": config.model.model_dump_json(),
+                "input_type": config.input_type,
+                "batch_tokens": compute.batch_tokens,
+                "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
+            },
+            compute=ray.data.ActorPoolStrategy(size=compute.actors),
+            num_cpus=compute.cpus_per_actor,
+            num_gpus=compute.gpus_per_actor,
+        )
+        .map_batches(
+            PieceWriter,
+            batch_size=None,
+            batch_format="pyarrow",
+            fn_constructor_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
+                                   "dtype": config.output.dtype},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=compute.actors),
+            num_cpus=compute.writer_cpus,
+        )
+    )
+    totals = {"rows": 0, "errors": 0, "tokens": 0}
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for key in totals:
+            totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
+    return totals

@@ -1,17 +1,23 @@
 """The output directory of a batch-embedding run: one parquet file per finished input piece, its bad rows,
 and a manifest of finished pieces that makes re-runs skip them.
 
-    <output>/<piece key>.parquet          id + embedding, written whole, then renamed into place
-    <output>/_errors/<piece key>.jsonl    rows that could not be embedded, with the reason
-    <output>/_manifest/<piece key>.json   written last: the piece is done (rows, errors, tokens)
-    <output>/_manifest/_job.json          the settings the vectors were made with
+    <output>/<piece key>.parquet                id + embedding, written whole, then renamed into place
+    <output>/_errors/<piece key>.jsonl          rows that could not be embedded, with the reason
+    <output>/_errors/<key>.unreadable.jsonl     a file or piece that could not be read at all (this run)
+    <output>/_manifest/<piece key>.json         written last: the piece is done (rows, errors, tokens)
+    <output>/_manifest/_job.json                the settings the vectors were made with
+    <output>/_lease.json                        the run that owns the directory now, with its heartbeat
 Names starting with "_" are skipped by parquet readers, so `pyarrow.dataset(<output>)` reads only vectors.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import socket
+import threading
+import time
 import uuid
 
 import pyarrow as pa
@@ -22,23 +28,32 @@ from raylib.config import ConfigError
 from raylib.storage import resolve
 
 JOB_FILE = "_job.json"
+LEASE_FILE = "_lease.json"
+UNREADABLE = ".unreadable.jsonl"
+SETTLE_S = 2.0  # object stores: how long a new lease waits before reading back who won
 
 
 class OutputStore:
     def __init__(self, uri: str):
         self.uri = uri
         self.fs, self.root = resolve(uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def _path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     def _write_atomic(self, final: str, write) -> None:
-        """Write through a temporary name, then move into place, so a reader never sees half a file."""
+        """Write through a temporary name, then move into place, so a reader never sees half a file; on a local
+        disk the data reaches the disk before the rename, and the rename before the next file is written."""
         temporary = self._path("_tmp", f"{uuid.uuid4().hex}-{posixpath.basename(final)}")
         self.fs.create_dir(posixpath.dirname(temporary), recursive=True)
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
         write(temporary)
+        if self.local:
+            _fsync(temporary)
         self.fs.move(temporary, final)
+        if self.local:
+            _fsync(posixpath.dirname(final))
 
     def _write_text(self, final: str, text: str) -> None:
         def write(path: str) -> None:
@@ -47,25 +62,37 @@ class OutputStore:
 
         self._write_atomic(final, write)
 
+    def _read_json(self, path: str) -> dict | None:
+        try:
+            with self.fs.open_input_stream(path) as handle:
+                return json.loads(handle.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
     def vectors_path(self, key: str) -> str:
         return self._path(f"{key}.parquet")
 
+    def _listing(self, folder: str) -> list[str]:
+        selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
+        return [posixpath.basename(info.path) for info in self.fs.get_file_info(selector)]
+
     def finished(self) -> set[str]:
         """Keys of the committed pieces (one directory listing, no file reads)."""
-        selector = pafs.FileSelector(self._path("_manifest"), allow_not_found=True)
-        names = (posixpath.basename(info.path) for info in self.fs.get_file_info(selector))
-        return {name[: -len(".json")] for name in names if name.endswith(".json") and name != JOB_FILE}
+        return {name[: -len(".json")] for name in self._listing("_manifest")
+                if name.endswith(".json") and name != JOB_FILE}
 
     def discard_temporary(self) -> None:
-        """Remove half-written files that a killed run left behind."""
+        """Remove half-written files that a killed run left behind, and the last run's unreadable reports."""
         self.fs.delete_dir_contents(self._path("_tmp"), missing_dir_ok=True)
+        for name in self._listing("_errors"):
+            if name.endswith(UNREADABLE):
+                self.fs.delete_file(self._path("_errors", name))
 
     def claim(self, settings: dict) -> None:
         """Record the run's settings, or refuse an output directory that holds vectors made another way."""
         path = self._path("_manifest", JOB_FILE)
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            with self.fs.open_input_stream(path) as handle:
-                previous = json.loads(handle.read())
+        previous = self._read_json(path)
+        if previous is not None:
             changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
             if changed:
                 raise ConfigError(
@@ -80,5 +107,111 @@ class OutputStore:
         if vectors is not None:
             self._write_atomic(self.vectors_path(key), lambda path: pq.write_table(vectors, path, filesystem=self.fs))
         if errors:
-            self._write_text(self._path("_errors", f"{key}.jsonl"), "".join(json.dumps(e) + "\n" for e in errors))
+            self._write_text(self._path("_errors", f"{key}.jsonl"),
+                             "".join(json.dumps(e, default=_json_value) + "\n" for e in errors))
         self._write_text(self._path("_manifest", f"{key}.json"), json.dumps(stats))
+
+    def report_unreadable(self, key: str, where: str, reason: str) -> None:
+        """Record that a file or piece could not be read (not committed: the next run tries it again)."""
+        self._write_text(self._path("_errors", f"{key}{UNREADABLE}"),
+                         json.dumps({"where": where, "error": reason}) + "\n")
+
+    def unreadable(self) -> dict[str, str]:
+        """{key: reason} of what this run reported unreadable."""
+        reports = {}
+        for name in self._listing("_errors"):
+            if name.endswith(UNREADABLE):
+                report = self._read_json(self._path("_errors", name)) or {}
+                reports[name[: -len(UNREADABLE)]] = f"{report.get('where')}: {report.get('error')}"
+        return reports
+
+    def remove_pieces(self, keys: set[str]) -> None:
+        """Forget committed pieces: the manifest entry first, so a kill half-way leaves them only unfinished."""
+        for key in sorted(keys):
+            self.fs.delete_file(self._path("_manifest", f"{key}.json"))
+            for path in (self.vectors_path(key), self._path("_errors", f"{key}.jsonl")):
+                if self.fs.get_file_info(path).type == pafs.FileType.File:
+                    self.fs.delete_file(path)
+
+    def lease(self, timeout_s: float) -> OutputLease:
+        return OutputLease(self, timeout_s)
+
+
+class OutputLease:
+    """One run at a time per output directory: a lease file naming its owner, refreshed by a heartbeat thread.
+
+    Created only where absent (a local disk: O_EXCL; an object store: written, then read back after SETTLE_S to
+    see whose it is). A lease whose heartbeat is older than `timeout_s` belongs to a run that died (kill -9)
+    and is taken over."""
+
+    def __init__(self, store: OutputStore, timeout_s: float):
+        self.store, self.timeout_s = store, timeout_s
+        self.path = store._path(LEASE_FILE)
+        self.record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="output-lease", daemon=True)
+
+    def __enter__(self) -> OutputLease:
+        current = self.store._read_json(self.path)
+        if current is not None and time.time() - current.get("heartbeat", 0) > self.timeout_s:
+            self.store.fs.delete_file(self.path)  # its run died; a racing taker-over loses the create below
+            current = None
+        if current is not None or not self._create():
+            self._refuse(self.store._read_json(self.path) or {})
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._owned():
+            self.store.fs.delete_file(self.path)
+
+    def _payload(self) -> str:
+        return json.dumps({**self.record, "heartbeat": time.time()})
+
+    def _create(self) -> bool:
+        self.store.fs.create_dir(self.store.root, recursive=True)
+        if self.store.local:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "w") as out:
+                out.write(self._payload())
+            return True
+        self.store._write_text(self.path, self._payload())
+        time.sleep(SETTLE_S)
+        return self._owned()
+
+    def _owned(self) -> bool:
+        return (self.store._read_json(self.path) or {}).get("owner") == self.record["owner"]
+
+    def _refuse(self, holder: dict) -> None:
+        age = time.time() - holder.get("heartbeat", time.time())
+        raise ConfigError(
+            f"output.path: {self.store.uri} is being written by another run (host {holder.get('host')}, pid "
+            f"{holder.get('pid')}, heartbeat {age:.0f} s ago); wait for it to finish or use another output.path "
+            f"(a run that died is taken over {self.timeout_s:g} s after its last heartbeat)"
+        )
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.timeout_s / 4):
+            if not self._owned():
+                self.lost = True
+                return
+            self.store._write_text(self.path, self._payload())
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _json_value(value) -> str:
+    """Ids of any parquet type in the error reports: bytes as text (invalid UTF-8 escaped), others as str()."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

@@ -10,6 +10,7 @@ any Ray work and in every tokenising process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +57,21 @@ def resolve_model_path(path: str) -> Path:
     if is_remote(path):
         files = remote_files(path)
         _check_model_files(path, set(files) or None)
-        return local_copy(path, files, skip=_not_fetched(weights=False))
+        try:
+            return local_copy(path, files, skip=_not_fetched(weights=False))
+        except ValueError as exc:  # a key that would land outside the copy
+            raise ConfigError(f"model.path: {exc}") from None
     directory = Path(path).expanduser()
     _check_model_files(path, {entry.name for entry in directory.iterdir()} if directory.is_dir() else None)
     return directory
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """Names, sizes and modification times of the model's files (a remote model's as listed remotely): a model
+    published again at the same path gets a new fingerprint."""
+    source = spec.source if is_remote(spec.source) else str(spec.directory)
+    listing = [[name, info.size, info.mtime_ns] for name, info in sorted(remote_files(source).items())]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def _check_model_files(path: str, names: set[str] | None) -> None:

@@ -149,5 +149,5 @@ def check_datasets(config: ContrastiveJobConfig) -> None:
         for key in needed:
             column = getattr(dataset, key)
             if columns and column not in columns:
-                raise ConfigError(f"datasets[{index}].{key}: {column!r} is not a column of {files[0][0]} "
+                raise ConfigError(f"datasets[{index}].{key}: {column!r} is not a column of {files[0].path} "
                                   f"(columns: {columns}); set it to the right column")
