@@ -4,8 +4,8 @@ map_batches over SentenceTransformer actors -> write_parquet), same model, same 
 JSON object.
 
 The pipeline runs at `--precision` (default auto: bf16 autocast where the CPU has AVX-512 BF16/AMX); the bare
-loop runs at the same precision; sentence-transformers runs as users call it (fp32), and for reference also
-under bf16 autocast when the pipeline uses bf16.
+loop runs at the same precision; sentence-transformers runs as users call it (fp32, in the recipe too), and for
+reference also under bf16 autocast when the pipeline uses bf16.
 
     python bench/embed_throughput.py [--docs N] [--memory-scales 1 4] [--precision auto|fp32|bf16]
 """
@@ -120,16 +120,19 @@ class SentenceTransformerActor:
 
 
 def recipe_run(rows: list[dict], work: Path, directory: Path) -> dict:
-    """Ray Data's batch-inference recipe as its documentation writes it, timed like our job (Ray already up)."""
+    """Ray Data's batch-inference recipe as its documentation writes it, timed like our job (Ray already up).
+    compute=ActorPoolStrategy(size=2) is the docs' concurrency=2, which Ray 2.51+ deprecates in its favour."""
     write_shards(rows, work / "recipe-in", shards=8, fmt="parquet")
     started = time.perf_counter()
-    # num_cpus=0.5: with the default (1 CPU per actor) the two actors hold both CPUs of a 2-core Ray and the
-    # read tasks never get one, so the job hangs; half a CPU each leaves the rest to reading and writing. Ray
-    # gives an actor with under one CPU OMP_NUM_THREADS=1: one torch thread per actor, as our actors run.
+    # What it needed to run here (Ray 2.60, 2 CPUs): num_cpus=0.5, as with the default of 1 CPU per actor the two
+    # actors hold both CPUs and the read never gets one (the job hangs); Ray gives an actor under one CPU
+    # OMP_NUM_THREADS=1, one torch thread as in our actors. repartition(8): the corpus reads as one block, so
+    # only one actor would get work (Ray warns so; its suggested override_num_blocks changes nothing here).
     (
         ray.data.read_parquet(str(work / "recipe-in"))
-        .map_batches(SentenceTransformerActor, fn_constructor_args=(str(directory),), concurrency=2, num_cpus=0.5,
-                     batch_size=256)
+        .repartition(8)
+        .map_batches(SentenceTransformerActor, fn_constructor_args=(str(directory),), batch_size=256,
+                     compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
         .write_parquet(str(work / "recipe-out"))
     )
     seconds = time.perf_counter() - started

@@ -280,7 +280,7 @@ def _unencodable(name: str, value) -> str | None:
             try:
                 item.encode()
             except UnicodeEncodeError as exc:
-                return f"{name} holds a lone surrogate ({ascii(item[exc.start])}) at character {exc.start}"
+                return f"{name} holds a lone surrogate {ascii(item[exc.start])} at character {exc.start}"
     return None
 
 

@@ -17,10 +17,19 @@ import pyarrow.compute as pc
 import ray
 
 from raylib.config import ConfigError, EmbedJobConfig
-from raylib.data.sources import file_digest, file_key, key_file_digest, list_input_files, plan_input, read_pieces
+from raylib.data.sources import (
+    InputPlan,
+    file_digest,
+    file_key,
+    key_file_digest,
+    list_input_files,
+    plan_input,
+    read_pieces,
+)
 from raylib.embed.actor import EmbedActor
 from raylib.embed.store import OutputStore
 from raylib.embed.tokenize import tokenize_piece
+from raylib.embed.unique import remove_duplicates
 from raylib.embed.writer import PieceWriter
 from raylib.models.spec import model_fingerprint, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
@@ -43,6 +52,7 @@ class EmbedSummary:
     seconds: float
     output: str
     removed_pieces: int = 0  # committed pieces of files that changed or went away since, removed
+    duplicates: list[dict] = field(default_factory=list)  # rows removed: an earlier row holds their id
     unreadable: dict[str, str] = field(default_factory=dict)  # key: where and why
 
     @property
@@ -53,9 +63,13 @@ class EmbedSummary:
         rate = self.seconds or 1e-9
         line = (
             f"embedded rows={self.rows} errors={self.errors} pieces={self.pieces} skipped={self.skipped_pieces} "
-            f"removed={self.removed_pieces} seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} "
+            f"removed={self.removed_pieces} duplicates={len(self.duplicates)} seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} "
             f"tokens/s={self.tokens / rate:.0f} output={redact(self.output)}"
         )
+        if self.duplicates:
+            line += (f"\nduplicate ids: {len(self.duplicates)} later rows removed, the first of each id kept (e.g. "
+                     f"{str(self.duplicates[0]['id'])[:100]!r} at {self.duplicates[0]['where']}); listed in "
+                     f"{redact(self.output)}/_errors/*.duplicates.jsonl")
         if self.unreadable:
             first = next(iter(self.unreadable.values()))
             line += (f"\nfinished with unreadable inputs: {len(self.unreadable)} (e.g. {first}); listed in "
@@ -93,6 +107,19 @@ def _check_resources(config: EmbedJobConfig) -> None:
         )
 
 
+def _prepare_output(store: OutputStore, plan: InputPlan) -> set[str]:
+    """Clear what a killed run left, report the unreadable files and remove the committed pieces of files that
+    changed or went away (not of files unreadable now: they may come back); returns the removed keys."""
+    store.discard_temporary()
+    for path, reason in plan.unreadable:
+        store.report_unreadable(file_key(path), path, reason)
+    unreadable_files = {file_digest(path) for path, _ in plan.unreadable}
+    planned = {piece.key for piece in plan.pieces}
+    stale = {key for key in store.finished() - planned if key_file_digest(key) not in unreadable_files}
+    store.remove_pieces(stale)
+    return stale
+
+
 def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     """Embed every piece of the input not yet in the output's manifest; returns the run's counts.
 
@@ -108,24 +135,22 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     store = OutputStore(config.output.path)
     with store.lease(config.output.lease_timeout_s) as lease:
         store.claim(_settings(config, model_fingerprint(spec)))
-        store.discard_temporary()
-        for path, reason in plan.unreadable:
-            store.report_unreadable(file_key(path), path, reason)
-        unreadable_files = {file_digest(path) for path, _ in plan.unreadable}
-        planned = {piece.key for piece in plan.pieces}
-        stale = {key for key in store.finished() - planned if key_file_digest(key) not in unreadable_files}
-        store.remove_pieces(stale)
+        stale = _prepare_output(store, plan)
         finished = store.finished()
         todo = [piece for piece in plan.pieces if piece.key not in finished]
 
         init_ray()
         _check_resources(config)
         totals = _embed(todo, config, tokenizer) if todo else {"rows": 0, "errors": 0, "tokens": 0}
+        committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
+        duplicates = remove_duplicates(store, config.input.id_column, committed,
+                                       len(committed) * min(max_rows, config.input.rows_per_piece),
+                                       config.compute.writer_cpus)
         if lease.lost:
             raise RuntimeError(f"another run took over {redact(store.uri)} while this one ran; run the job again")
 
     unreadable = store.unreadable()
-    missing = planned - store.finished() - unreadable.keys()
+    missing = {piece.key for piece in plan.pieces} - store.finished() - unreadable.keys()
     if missing:
         raise RuntimeError(
             f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job"
@@ -133,7 +158,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     return EmbedSummary(
         rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(plan.pieces),
         skipped_pieces=len(plan.pieces) - len(todo), seconds=time.perf_counter() - started,
-        output=store.uri, removed_pieces=len(stale), unreadable=unreadable,
+        output=store.uri, removed_pieces=len(stale), duplicates=duplicates, unreadable=unreadable,
     )
 
 

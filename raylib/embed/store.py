@@ -4,6 +4,7 @@ and a manifest of finished pieces that makes re-runs skip them.
     <output>/<piece key>.parquet                id + embedding, written whole, then renamed into place
     <output>/_errors/<piece key>.jsonl          rows that could not be embedded, with the reason
     <output>/_errors/<key>.unreadable.jsonl     a file or piece that could not be read at all (this run)
+    <output>/_errors/<key>.duplicates.jsonl     rows removed because an earlier row holds the same id
     <output>/_manifest/<piece key>.json         written last: the piece is done (rows, errors, tokens)
     <output>/_manifest/_job.json                the settings the vectors were made with
     <output>/_lease.json                        the run that owns the directory now, with its heartbeat
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -30,6 +32,7 @@ from raylib.storage import resolve
 JOB_FILE = "_job.json"
 LEASE_FILE = "_lease.json"
 UNREADABLE = ".unreadable.jsonl"
+DUPLICATES = ".duplicates.jsonl"
 SETTLE_S = 2.0  # object stores: how long a new lease waits before reading back who won
 
 
@@ -79,7 +82,7 @@ class OutputStore:
     def finished(self) -> set[str]:
         """Keys of the committed pieces (one directory listing, no file reads)."""
         return {name[: -len(".json")] for name in self._listing("_manifest")
-                if name.endswith(".json") and name != JOB_FILE}
+                if name.endswith(".json") and not name.startswith("_")}
 
     def discard_temporary(self) -> None:
         """Remove half-written files that a killed run left behind, and the last run's unreadable reports."""
@@ -111,6 +114,42 @@ class OutputStore:
                              "".join(json.dumps(e, default=_json_value) + "\n" for e in errors))
         self._write_text(self._path("_manifest", f"{key}.json"), json.dumps(stats))
 
+    def read_vectors(self, key: str, columns: list[str] | None = None) -> pa.Table | None:
+        """A committed piece's vectors (None for a piece without rows)."""
+        try:
+            return pq.read_table(self.vectors_path(key), columns=columns, filesystem=self.fs)
+        except FileNotFoundError:
+            return None
+
+    def drop_rows(self, key: str, rows: list[int], reports: list[dict]) -> None:
+        """Remove rows of a committed piece (listed with their reasons in _errors/<key>.duplicates.jsonl first,
+        so a kill half-way loses no report) and lower its manifest's row count."""
+        report_path = self._path("_errors", f"{key}{DUPLICATES}")
+        earlier = self._read_lines(report_path)
+        self._write_text(report_path, "".join(dict.fromkeys(
+            earlier + [json.dumps(report, default=_json_value) + "\n" for report in reports])))
+        table = self.read_vectors(key)
+        keep = np.ones(len(table), bool)
+        keep[rows] = False
+        self._write_atomic(self.vectors_path(key),
+                           lambda path: pq.write_table(table.filter(pa.array(keep)), path, filesystem=self.fs))
+        manifest = self._path("_manifest", f"{key}.json")
+        stats = self._read_json(manifest)
+        self._write_text(manifest, json.dumps({**stats, "rows": int(keep.sum())}))
+
+    def read_marker(self, name: str):
+        return (self._read_json(self._path("_manifest", name)) or {}).get("value")
+
+    def write_marker(self, name: str, value) -> None:
+        self._write_text(self._path("_manifest", name), json.dumps({"value": value}))
+
+    def _read_lines(self, path: str) -> list[str]:
+        try:
+            with self.fs.open_input_stream(path) as handle:
+                return handle.read().decode().splitlines(keepends=True)
+        except FileNotFoundError:
+            return []
+
     def report_unreadable(self, key: str, where: str, reason: str) -> None:
         """Record that a file or piece could not be read (not committed: the next run tries it again)."""
         self._write_text(self._path("_errors", f"{key}{UNREADABLE}"),
@@ -129,7 +168,8 @@ class OutputStore:
         """Forget committed pieces: the manifest entry first, so a kill half-way leaves them only unfinished."""
         for key in sorted(keys):
             self.fs.delete_file(self._path("_manifest", f"{key}.json"))
-            for path in (self.vectors_path(key), self._path("_errors", f"{key}.jsonl")):
+            for path in (self.vectors_path(key), self._path("_errors", f"{key}.jsonl"),
+                         self._path("_errors", f"{key}{DUPLICATES}")):
                 if self.fs.get_file_info(path).type == pafs.FileType.File:
                     self.fs.delete_file(path)
 
