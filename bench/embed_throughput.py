@@ -152,9 +152,16 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=None, help="corpus size (default: the whole sample corpus)")
     parser.add_argument("--memory-scales", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only our job at 1x (to compare two versions of the code, run with each)")
     args = parser.parse_args()
 
     rows = sample_documents(args.docs)
+    if args.pipeline_only:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        with tempfile.TemporaryDirectory() as work:
+            print(json.dumps(pipeline_run(rows, Path(work), "x1", args.precision), default=str))
+        return
     texts = [row["text"] for row in rows]
     embedder = Embedder(resolve_spec(precision=args.precision))
     torch.set_num_threads(os.cpu_count() or 1)  # the baselines get every core in one process

@@ -48,8 +48,8 @@ def _worker(rank: int, port: int, options: dict, results) -> None:
     for tensor in (loss, *grads, scale_grad):  # what DDP does with gradients: average over workers
         dist.all_reduce(tensor)
         tensor /= 2
-    if rank == 0:
-        results.put([loss, grads, scale_grad])
+    if rank == 0:  # as arrays: a tensor would travel as a file descriptor that dies with this process
+        results.put([loss.numpy(), [grad.numpy() for grad in grads], scale_grad.numpy()])
     dist.destroy_process_group()
 
 
@@ -63,6 +63,8 @@ def test_two_workers_of_16_equal_one_worker_of_32(options):
     for worker in workers:
         worker.start()
     loss, grads, scale_grad = results.get(timeout=120)
+    loss, grads, scale_grad = torch.from_numpy(loss), [torch.from_numpy(grad) for grad in grads], torch.from_numpy(
+        scale_grad)
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0

@@ -36,7 +36,7 @@ def _hash_pieces(output_uri: str, id_column: str, ranked: list[tuple[int, str]],
         ids = [] if vectors is None else vectors.column(id_column).to_pylist()
         hashes.append(_hashes(ids))
         orders.append((rank << 32) | np.arange(len(ids), dtype=np.int64))
-    pairs = np.stack([np.concatenate(hashes), np.concatenate(orders)], axis=1) if ranked else np.empty((0, 2))
+    pairs = np.stack([np.concatenate(hashes), np.concatenate(orders)], axis=1)
     parts = [pairs[pairs[:, 0] % partitions == part] for part in range(partitions)]
     return parts if partitions > 1 else parts[0]
 
