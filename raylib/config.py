@@ -37,6 +37,14 @@ class ConfigError(Exception):
         super().__init__(redact(message))
 
 
+class JobError(Exception):
+    """A job that could not finish (its output taken over by another run, pieces left uncommitted), reported as
+    one line (exit code 1); running it again goes on where it stopped."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
+
+
 class Strict(BaseModel):
     """Base of every config section: unknown keys are errors."""
 
@@ -463,5 +471,8 @@ def job_main(description: str, schema: type[Schema], run, argv: list[str] | None
     except ConfigError as exc:  # a value that is well-typed but wrong: a missing path, column or model file
         print(f"config error: {args.config}: {exc}", file=sys.stderr)
         return 2
+    except JobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(summary.line(), flush=True)
     return getattr(summary, "exit_code", 0)

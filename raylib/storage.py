@@ -72,7 +72,7 @@ def local_copy(uri: str, files: dict[str, pafs.FileInfo], skip: Callable[[str], 
             raise ValueError(f"remote directory {redact(uri)} lists a file {name!r} that would land outside its "
                              "local copy; remove that object")
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory.with_name(f"{directory.name}.lock")):
+    with locked(directory.with_name(f"{directory.name}.lock")):
         for name, info in files.items():
             target = directory / name
             if skip(name) or (target.is_file() and target.stat().st_size == info.size):
@@ -86,7 +86,7 @@ def local_copy(uri: str, files: dict[str, pafs.FileInfo], skip: Callable[[str], 
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if missing) for the block; waits while another holds it."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

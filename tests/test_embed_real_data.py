@@ -79,10 +79,12 @@ def test_poison_rows_are_bad_rows_and_the_job_goes_on(ray_session, tmp_path, tin
     for name, ids in id_types.items():
         pq.write_table(pa.table({"id": ids, "text": [None, "fine text", "more fine text"]}),
                        tmp_path / "in" / f"{name}.parquet")
+    raw_text = pa.array([b"valid text", b"bad \xff byte"], pa.binary()).view(pa.string())  # parquet keeps it
+    pq.write_table(pa.table({"id": ["u0", "u1"], "text": raw_text}), tmp_path / "in" / "utf8.parquet")
 
     summary = run_embed(tiny_job(tmp_path / "in", tmp_path / "out", tiny_model))
 
-    assert (summary.rows, summary.errors, summary.unreadable) == (2 + 2 * 3, 4 + 3, {})
+    assert (summary.rows, summary.errors, summary.unreadable) == (2 + 2 * 3 + 1, 4 + 3 + 1, {})
     reports = error_reports(tmp_path / "out")
     jsonl_reasons = [report["error"] for report in reports if "poison.jsonl" in report["where"]]
     assert [reason.split(" (")[0] for reason in jsonl_reasons] == ["line is not valid JSON"] + POISON_REASONS[1:]
@@ -90,7 +92,8 @@ def test_poison_rows_are_bad_rows_and_the_job_goes_on(ray_session, tmp_path, tin
     parquet_reports = {report["where"].split("/")[-1]: report for report in reports if ".parquet" in report["where"]}
     assert {where: report["id"] for where, report in parquet_reports.items()} == {
         "binary.parquet row 0": "\x00\\xff-a", "timestamp.parquet row 0": "2026-01-01 00:00:00",
-        "decimal.parquet row 0": "1.50"}
+        "decimal.parquet row 0": "1.50", "utf8.parquet row 1": "u1"}
+    assert parquet_reports["utf8.parquet row 1"]["error"] == "text is not valid UTF-8 (byte 4)"
     kept = {type(value).__name__ for value in output_ids(tmp_path / "out")}
     assert kept == {"str", "bytes", "datetime", "Decimal"}  # each file's ids keep their type
 
@@ -182,6 +185,15 @@ def test_pieces_are_bounded_by_rows_whatever_the_layout(tmp_path):
     assert len(plan_input(*list_input_files(config), config, max_rows=100).pieces) == 10 + 50  # an output bound
 
 
+def test_lines_end_at_newlines_only_and_underscore_files_are_not_hidden(tmp_path):
+    (tmp_path / "_data.jsonl").write_bytes(b'{"id": 1,\r"text": "a carriage return inside"}\r\n{"id": 2, "text": "b"}')
+    config = InputConfig(path=str(tmp_path / "_data.jsonl"))
+    (piece,) = plan_pieces(*list_input_files(config), config)
+    table = read_piece(piece, config)
+    assert table.column("id").to_pylist() == ["1", "2"] and table.column("_error").to_pylist() == [None, None]
+    assert not piece.key.startswith("_")  # names starting with "_" are hidden from the manifest and readers
+
+
 def test_a_piece_reaches_the_next_stage_as_one_block(ray_session, tmp_path):
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "text": "y" * 1000} for i in range(4000)])  # ~4 MB of text
     config = InputConfig(path=str(tmp_path / "in.jsonl"), rows_per_piece=10_000, bytes_per_piece=10_000_000)
@@ -231,6 +243,9 @@ def test_a_model_republished_at_the_same_path_is_refused(ray_session, tmp_path, 
     shutil.copytree(tiny_model, model)
     write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": "alpha"}])
     run_embed(tiny_job(tmp_path / "in.jsonl", tmp_path / "out", model))
+    for path in model.iterdir():  # copied again (new modification times, same files): still the same model
+        os.utime(path, (time.time() + 10, time.time() + 10))
+    assert run_embed(tiny_job(tmp_path / "in.jsonl", tmp_path / "out", model)).skipped_pieces == 1
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                          max_position_embeddings=64)).save_pretrained(model)  # new weights, same path
     with pytest.raises(ConfigError, match=r"other settings \(model.files\)"):
@@ -258,6 +273,10 @@ def test_duplicate_ids_are_kept_once_first_by_input_order(ray_session, tmp_path,
     again = run_embed(config)
     assert (again.rows, again.duplicates) == (0, [])
     assert len(output_ids(tmp_path / "out")) == 15
+
+    (tmp_path / "in" / "a.jsonl").unlink()  # the first holders go away: b's rows of those ids come back
+    run_embed(config)
+    assert sorted(output_ids(tmp_path / "out")) == sorted(f"id{i}" for i in range(5, 15))
 
 
 def test_a_second_run_on_the_same_output_is_refused_until_the_first_dies(ray_session, tmp_path, tiny_model):

@@ -66,8 +66,11 @@ class InputPlan:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files not planned
 
 
-def fingerprint(info: pafs.FileInfo) -> str:
-    return hashlib.sha1(f"{info.size}:{info.mtime_ns}".encode()).hexdigest()[:8]
+def fingerprint(info: pafs.FileInfo, fs: pafs.FileSystem) -> str:
+    """Size and modification time; on object stores in whole seconds (a listing and a HEAD of the same object
+    can give the time at different precisions)."""
+    mtime = info.mtime_ns if isinstance(fs, pafs.LocalFileSystem) else info.mtime_ns // 10**9
+    return hashlib.sha1(f"{info.size}:{mtime}".encode()).hexdigest()[:8]
 
 
 def file_digest(path: str) -> str:
@@ -82,7 +85,7 @@ def key_file_digest(key: str) -> str:
 
 def file_key(path: str) -> str:
     """A file's name in reports: <stem>-<file digest>."""
-    return f"{posixpath.basename(path).split('.')[0]}-{file_digest(path)}"
+    return f"{posixpath.basename(path).split('.')[0].lstrip('_.') or 'file'}-{file_digest(path)}"
 
 
 def _piece_key(file: InputFile, start: int) -> str:
@@ -104,7 +107,7 @@ def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.
             continue
         fmt = config.format if config.format != "auto" else SUFFIXES.get(posixpath.splitext(item.path)[1].lower())
         if fmt:
-            files.append(InputFile(item.path, fmt, item.size, fingerprint(item)))
+            files.append(InputFile(item.path, fmt, item.size, fingerprint(item, fs)))
     if not files:
         raise ConfigError(
             f"{section}.path: no .parquet or .jsonl files in {config.path}; point it at your data or set "
@@ -123,12 +126,15 @@ def first_file_columns(fs: pafs.FileSystem, files: list[InputFile], sample_rows:
         except UNREADABLE_ERRORS as exc:
             raise ConfigError(f"{path} cannot be read: {_reason(exc)}; replace or remove the file") from None
     keys: dict[str, None] = {}
-    with fs.open_input_stream(path) as source:
-        lines = (line for line in io.TextIOWrapper(source, encoding="utf-8", errors="replace") if line.strip())
-        for _, line in zip(range(sample_rows), lines):
-            row, _ = _parse_line(line.encode())
-            if row is not None:
-                keys.update(dict.fromkeys(row))
+    try:
+        with fs.open_input_stream(path) as source:
+            lines = (line for line in io.TextIOWrapper(source, encoding="utf-8", errors="replace") if line.strip())
+            for _, line in zip(range(sample_rows), lines):
+                row, _ = _parse_line(line.encode())
+                if row is not None:
+                    keys.update(dict.fromkeys(row))
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {_reason(exc)}; replace or remove the file") from None
     return list(keys)
 
 
@@ -254,9 +260,10 @@ def _byte_range_lines(fs, piece: Piece):
     if piece.start > 0:
         skip = data.find(b"\n") + 1
         data, offset = (data[skip:], begin + skip) if skip else (b"", begin)
-    for line in data.splitlines(keepends=True):
-        yield offset, line
-        offset += len(line)
+    for line in data.split(b"\n"):
+        if line:
+            yield offset, line
+        offset += len(line) + 1
 
 
 def _parse_line(line: bytes) -> tuple[dict | None, str | None]:
@@ -300,8 +307,28 @@ def _parquet_rows(file: pq.ParquetFile, start: int, stop: int, columns: list[str
     return pa.Table.from_batches(batches, pa.schema([file.schema_arrow.field(name) for name in columns]))
 
 
+def _valid_utf8(name: str, column: pa.ChunkedArray, errors: list[str | None]) -> pa.ChunkedArray:
+    """A parquet string column as read, or (when some values are not valid UTF-8) with those values null and
+    the reason in `errors`."""
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        return column
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        pass
+    decoded = []
+    for row, raw in enumerate(column.cast(pa.binary()).to_pylist()):
+        try:
+            decoded.append(None if raw is None else raw.decode())
+        except UnicodeDecodeError as exc:
+            decoded.append(None)
+            errors[row] = errors[row] or f"{name} is not valid UTF-8 (byte {exc.start})"
+    return pa.chunked_array([pa.array(decoded, pa.string())])
+
+
 def _check_unchanged(fs, piece: Piece) -> None:
-    if fingerprint(fs.get_file_info(piece.uri)) != piece.fingerprint:
+    if fingerprint(fs.get_file_info(piece.uri), fs) != piece.fingerprint:
         raise UnreadableInput(f"{piece.uri} changed after the job planned its pieces; run the job again to embed "
                               "what it holds now")
 
@@ -327,8 +354,10 @@ def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[s
         raise UnreadableInput(f"{piece.uri} cannot be read: {_reason(exc)}") from None
     if piece.format == "parquet":
         rows = piece.stop - piece.start
-        values = {name: table.column(name) if name in present else pa.nulls(rows) for name in columns}
-        return values, [None] * rows, [f"{piece.uri} row {piece.start + row}" for row in range(rows)]
+        errors: list[str | None] = [None] * rows
+        values = {name: _valid_utf8(name, table.column(name), errors) if name in present else pa.nulls(rows)
+                  for name in columns}
+        return values, errors, [f"{piece.uri} row {piece.start + row}" for row in range(rows)]
     values, errors, where = {name: [] for name in columns}, [], []
     for offset, line in lines:
         if not line.strip():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow.compute as pc
 import ray
 
-from raylib.config import ConfigError, EmbedJobConfig
+from raylib.config import ConfigError, EmbedJobConfig, JobError
 from raylib.data.sources import (
     InputPlan,
     file_digest,
@@ -109,13 +109,16 @@ def _check_resources(config: EmbedJobConfig) -> None:
 
 def _prepare_output(store: OutputStore, plan: InputPlan) -> set[str]:
     """Clear what a killed run left, report the unreadable files and remove the committed pieces of files that
-    changed or went away (not of files unreadable now: they may come back); returns the removed keys."""
+    changed or went away (not of files unreadable now: they may come back), and then also every piece that gave
+    up rows as duplicates (their first holder may be among the removed); returns the removed keys."""
     store.discard_temporary()
     for path, reason in plan.unreadable:
         store.report_unreadable(file_key(path), path, reason)
     unreadable_files = {file_digest(path) for path, _ in plan.unreadable}
     planned = {piece.key for piece in plan.pieces}
     stale = {key for key in store.finished() - planned if key_file_digest(key) not in unreadable_files}
+    if stale:
+        stale |= store.deduplicated() & store.finished()
     store.remove_pieces(stale)
     return stale
 
@@ -142,17 +145,17 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
         init_ray()
         _check_resources(config)
         totals = _embed(todo, config, tokenizer) if todo else {"rows": 0, "errors": 0, "tokens": 0}
+        lease.check()
         committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
         duplicates = remove_duplicates(store, config.input.id_column, committed,
                                        len(committed) * min(max_rows, config.input.rows_per_piece),
                                        config.compute.writer_cpus)
-        if lease.lost:
-            raise RuntimeError(f"another run took over {redact(store.uri)} while this one ran; run the job again")
+        lease.check()
 
     unreadable = store.unreadable()
     missing = {piece.key for piece in plan.pieces} - store.finished() - unreadable.keys()
     if missing:
-        raise RuntimeError(
+        raise JobError(
             f"{len(missing)} input pieces were not committed (e.g. {sorted(missing)[0]}); re-run the job"
         )
     return EmbedSummary(

@@ -13,6 +13,7 @@ Names starting with "_" are skipped by parquet readers, so `pyarrow.dataset(<out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -20,14 +21,15 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from raylib.config import ConfigError
-from raylib.storage import resolve
+from raylib.config import ConfigError, JobError
+from raylib.storage import locked, resolve
 
 JOB_FILE = "_job.json"
 LEASE_FILE = "_lease.json"
@@ -129,6 +131,9 @@ class OutputStore:
         self._write_text(report_path, "".join(dict.fromkeys(
             earlier + [json.dumps(report, default=_json_value) + "\n" for report in reports])))
         table = self.read_vectors(key)
+        found = table.column(0).take(pa.array(rows)).to_pylist()
+        if [repr(value) for value in found] != [repr(report["id"]) for report in reports]:
+            raise JobError(f"piece {key} of {self.uri} changed while its duplicates were removed; run the job again")
         keep = np.ones(len(table), bool)
         keep[rows] = False
         self._write_atomic(self.vectors_path(key),
@@ -149,6 +154,10 @@ class OutputStore:
                 return handle.read().decode().splitlines(keepends=True)
         except FileNotFoundError:
             return []
+
+    def deduplicated(self) -> set[str]:
+        """Keys of the pieces that gave up rows as duplicates."""
+        return {name[: -len(DUPLICATES)] for name in self._listing("_errors") if name.endswith(DUPLICATES)}
 
     def report_unreadable(self, key: str, where: str, reason: str) -> None:
         """Record that a file or piece could not be read (not committed: the next run tries it again)."""
@@ -180,9 +189,9 @@ class OutputStore:
 class OutputLease:
     """One run at a time per output directory: a lease file naming its owner, refreshed by a heartbeat thread.
 
-    Created only where absent (a local disk: O_EXCL; an object store: written, then read back after SETTLE_S to
-    see whose it is). A lease whose heartbeat is older than `timeout_s` belongs to a run that died (kill -9)
-    and is taken over."""
+    A lease whose heartbeat is older than `timeout_s` belongs to a run that died (kill -9) and is taken over.
+    Checking and taking it is one step: on a local disk under a file lock; on an object store (no exclusive
+    create through pyarrow) the lease is written, then read back after SETTLE_S to see whose it is."""
 
     def __init__(self, store: OutputStore, timeout_s: float):
         self.store, self.timeout_s = store, timeout_s
@@ -193,12 +202,17 @@ class OutputLease:
         self._thread = threading.Thread(target=self._beat, name="output-lease", daemon=True)
 
     def __enter__(self) -> OutputLease:
-        current = self.store._read_json(self.path)
-        if current is not None and time.time() - current.get("heartbeat", 0) > self.timeout_s:
-            self.store.fs.delete_file(self.path)  # its run died; a racing taker-over loses the create below
-            current = None
-        if current is not None or not self._create():
-            self._refuse(self.store._read_json(self.path) or {})
+        self.store.fs.create_dir(self.store.root, recursive=True)
+        exclusive = locked(Path(self.path).with_suffix(".lock")) if self.store.local else contextlib.nullcontext()
+        with exclusive:
+            current = self.store._read_json(self.path)  # None also for a lease left half-written
+            if current is not None and time.time() - current.get("heartbeat", 0) <= self.timeout_s:
+                self._refuse(current)
+            self._write()
+        if not self.store.local:
+            time.sleep(SETTLE_S)
+            if not self._owned():
+                self._refuse(self.store._read_json(self.path) or {})
         self._thread.start()
         return self
 
@@ -208,22 +222,21 @@ class OutputLease:
         if self._owned():
             self.store.fs.delete_file(self.path)
 
-    def _payload(self) -> str:
-        return json.dumps({**self.record, "heartbeat": time.time()})
+    def check(self) -> None:
+        """Raise JobError when another run has taken the output over (before changing what is committed)."""
+        if self.lost:
+            raise JobError(f"another run took over {self.store.uri} while this one ran; run the job again")
 
-    def _create(self) -> bool:
-        self.store.fs.create_dir(self.store.root, recursive=True)
-        if self.store.local:
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return False
-            with os.fdopen(descriptor, "w") as out:
-                out.write(self._payload())
-            return True
-        self.store._write_text(self.path, self._payload())
-        time.sleep(SETTLE_S)
-        return self._owned()
+    def _write(self) -> None:
+        payload = json.dumps({**self.record, "heartbeat": time.time()}).encode()
+        if not self.store.local:
+            with self.store.fs.open_output_stream(self.path) as out:  # an object store's put is atomic
+                out.write(payload)
+            return
+        partial = f"{self.path}.{self.record['owner']}"
+        with open(partial, "wb") as out:
+            out.write(payload)
+        os.replace(partial, self.path)
 
     def _owned(self) -> bool:
         return (self.store._read_json(self.path) or {}).get("owner") == self.record["owner"]
@@ -237,11 +250,20 @@ class OutputLease:
         )
 
     def _beat(self) -> None:
+        """Refresh the heartbeat; a failed refresh is retried, and the lease counts as lost once none has
+        succeeded for timeout_s or another run's lease is found in its place."""
+        last = time.monotonic()
         while not self._stop.wait(self.timeout_s / 4):
-            if not self._owned():
-                self.lost = True
-                return
-            self.store._write_text(self.path, self._payload())
+            try:
+                if not self._owned():
+                    self.lost = True
+                    return
+                self._write()
+                last = time.monotonic()
+            except Exception:  # noqa: BLE001 -- storage hiccups: retried until timeout_s
+                if time.monotonic() - last > self.timeout_s:
+                    self.lost = True
+                    return
 
 
 def _fsync(path: str) -> None:

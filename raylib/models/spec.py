@@ -20,7 +20,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
 from raylib.config import BUNDLED_MODEL, ConfigError
-from raylib.storage import is_remote, local_copy, remote_files
+from raylib.storage import is_remote, local_copy, remote_files, resolve
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
@@ -66,12 +66,20 @@ def resolve_model_path(path: str) -> Path:
     return directory
 
 
-def model_fingerprint(spec: ModelSpec) -> str:
-    """Names, sizes and modification times of the model's files (a remote model's as listed remotely): a model
-    published again at the same path gets a new fingerprint."""
+def model_fingerprint(spec: ModelSpec, sample: int = 1 << 20) -> str:
+    """A hash of the model's files (a remote model's where they are): names, sizes and the first and last
+    `sample` bytes of each, so a model published again at the same path gets a new fingerprint while a copy
+    (new modification times) keeps it."""
     source = spec.source if is_remote(spec.source) else str(spec.directory)
-    listing = [[name, info.size, info.mtime_ns] for name, info in sorted(remote_files(source).items())]
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    fs = resolve(source)[0]
+    digest = hashlib.sha256()
+    for name, info in sorted(remote_files(source).items()):
+        digest.update(f"{name}\0{info.size}\0".encode())
+        with fs.open_input_file(info.path) as handle:
+            digest.update(handle.read(sample))
+            handle.seek(max(info.size - sample, 0))
+            digest.update(handle.read(sample))
+    return digest.hexdigest()[:16]
 
 
 def _check_model_files(path: str, names: set[str] | None) -> None:
