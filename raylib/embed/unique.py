@@ -79,17 +79,17 @@ def remove_duplicates(store: OutputStore, id_column: str, keys: list[str], rows_
         wanted = (orders[(orders >> 32) == rank] & 0xFFFFFFFF).tolist()
         rows[key] = list(zip(wanted, ids.take(pa.array(wanted)).to_pylist()))
     first: dict[str, str] = {}
-    removed: dict[str, list[dict]] = {}
+    removed: dict[str, dict[int, dict]] = {}  # key: {row: report}
     for key in keys:  # input order
         for row, value in rows.get(key, []):
             where = f"{key} row {row}"
             if repr(value) in first:
-                removed.setdefault(key, []).append(
-                    {"id": value, "where": where, "error": f"duplicate id; kept the first, {first[repr(value)]}"})
+                removed.setdefault(key, {})[row] = {
+                    "id": value, "where": where, "error": f"duplicate id; kept the first, {first[repr(value)]}"}
             else:
                 first[repr(value)] = where
     for key, reports in removed.items():
-        store.drop_rows(key, [int(report["where"].rsplit(" ", 1)[1]) for report in reports], reports)
+        store.drop_rows(key, list(reports), list(reports.values()))
     store.write_marker(CHECKED, checked)
-    return [report for reports in removed.values() for report in reports]
+    return [report for reports in removed.values() for report in reports.values()]
 
