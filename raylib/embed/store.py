@@ -77,21 +77,21 @@ class OutputStore:
     def vectors_path(self, key: str) -> str:
         return self._path(f"{key}.parquet")
 
-    def _listing(self, folder: str) -> list[str]:
+    def _keys(self, folder: str, suffix: str) -> set[str]:
+        """Keys of the files <key><suffix> in a folder (one listing; names starting with "_" are the store's own)."""
         selector = pafs.FileSelector(self._path(folder), allow_not_found=True)
-        return [posixpath.basename(info.path) for info in self.fs.get_file_info(selector)]
+        names = (posixpath.basename(info.path) for info in self.fs.get_file_info(selector))
+        return {name[: -len(suffix)] for name in names if name.endswith(suffix) and not name.startswith("_")}
 
     def finished(self) -> set[str]:
         """Keys of the committed pieces (one directory listing, no file reads)."""
-        return {name[: -len(".json")] for name in self._listing("_manifest")
-                if name.endswith(".json") and not name.startswith("_")}
+        return self._keys("_manifest", ".json")
 
     def discard_temporary(self) -> None:
         """Remove half-written files that a killed run left behind, and the last run's unreadable reports."""
         self.fs.delete_dir_contents(self._path("_tmp"), missing_dir_ok=True)
-        for name in self._listing("_errors"):
-            if name.endswith(UNREADABLE):
-                self.fs.delete_file(self._path("_errors", name))
+        for key in self._keys("_errors", UNREADABLE):
+            self.fs.delete_file(self._path("_errors", f"{key}{UNREADABLE}"))
 
     def claim(self, settings: dict) -> None:
         """Record the run's settings, or refuse an output directory that holds vectors made another way."""
@@ -157,7 +157,7 @@ class OutputStore:
 
     def deduplicated(self) -> set[str]:
         """Keys of the pieces that gave up rows as duplicates."""
-        return {name[: -len(DUPLICATES)] for name in self._listing("_errors") if name.endswith(DUPLICATES)}
+        return self._keys("_errors", DUPLICATES)
 
     def report_unreadable(self, key: str, where: str, reason: str) -> None:
         """Record that a file or piece could not be read (not committed: the next run tries it again)."""
@@ -166,12 +166,9 @@ class OutputStore:
 
     def unreadable(self) -> dict[str, str]:
         """{key: reason} of what this run reported unreadable."""
-        reports = {}
-        for name in self._listing("_errors"):
-            if name.endswith(UNREADABLE):
-                report = self._read_json(self._path("_errors", name)) or {}
-                reports[name[: -len(UNREADABLE)]] = f"{report.get('where')}: {report.get('error')}"
-        return reports
+        reports = {key: self._read_json(self._path("_errors", f"{key}{UNREADABLE}")) or {}
+                   for key in self._keys("_errors", UNREADABLE)}
+        return {key: f"{report.get('where')}: {report.get('error')}" for key, report in reports.items()}
 
     def remove_pieces(self, keys: set[str]) -> None:
         """Forget committed pieces: the manifest entry first, so a kill half-way leaves them only unfinished."""
