@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from transformers import AutoModel
 
-from raylib.models.attention import attention
+from raylib.models.attention import Packing, attention, packed_kernel
 from raylib.models.embedder import Embedder
 from raylib.models.nomic_bert import (
     NomicBertConfig,
@@ -122,9 +122,46 @@ def test_sdpa_matches_a_plain_attention_with_padding():
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / 4.0
     scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
     expected = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
-    got = attention(q, k, v, mask, backend="sdpa")
+    got = attention(q, k, v, mask)
     valid = mask.bool()
     torch.testing.assert_close(got[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_packing_drops_the_padding_and_puts_every_token_back():
+    mask = torch.tensor([[1, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]])  # empty and left-padded rows too
+    packing = Packing.of(mask)
+    assert packing.keep.tolist() == [0, 1, 2, 8, 9, 10, 11, 13, 14]
+    assert packing.positions.tolist() == [0, 1, 2, 0, 1, 2, 3, 1, 2]
+    assert packing.cu_seqlens.tolist() == [0, 3, 3, 7, 9] and packing.max_len == 4
+    x = torch.randn(4, 4, 3, 2)
+    packed = packing.unpad(x)
+    assert packed.shape == (9, 3, 2)
+    repadded = packing.repad(packed)
+    assert torch.equal(repadded[mask.bool()], x[mask.bool()]) and not repadded[~mask.bool()].any()
+
+
+def test_the_whole_layer_unpadded_equals_the_padded_pass_forward_and_backward():
+    """sdpa_unpadded runs every layer (projections, MLP) on the real tokens only, SDPA as the attention kernel:
+    the bookkeeping flash-attn's varlen path uses. Same outputs at real tokens and same gradients as padded SDPA."""
+    torch.manual_seed(0)
+    padded = NomicBertModel(NomicBertConfig(**TINY, attn_backend="sdpa"))
+    unpadded = NomicBertModel(NomicBertConfig(**TINY, attn_backend="sdpa_unpadded"))
+    unpadded.load_state_dict(padded.state_dict())
+    assert packed_kernel("auto", torch.zeros(1)) is None  # a CPU pass stays padded unless asked
+    for lengths in ([13, 5, 1, 9], [100, 30]):  # the second beyond max_trained_positions: NTK-scaled tables
+        input_ids, mask = padded_batch(lengths)
+        outputs = []
+        for model in (padded, unpadded):
+            model.zero_grad()
+            hidden = model(input_ids, mask).last_hidden_state
+            (hidden * mask[..., None]).square().sum().backward()
+            outputs.append((hidden, {name: p.grad.clone() for name, p in model.named_parameters()}))
+        (a, grads_a), (b, grads_b) = outputs
+        valid = mask.bool()
+        torch.testing.assert_close(b[valid], a[valid], atol=1e-5, rtol=1e-5)
+        assert not b[~valid].any()  # padded positions come back as zeros
+        for name in grads_a:
+            torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-4, rtol=1e-4)
 
 
 def test_public_layout_loads_without_remote_code_and_matches_the_reference(nomic_dir):

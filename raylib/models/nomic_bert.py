@@ -6,6 +6,8 @@ n_inner, ...), so their directories open with `AutoModel.from_pretrained(dir)` w
 Dropout keys in those configs are accepted and ignored: this model has no dropout.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
@@ -19,7 +21,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput
 
-from raylib.models.attention import attention
+from raylib.models.attention import BACKENDS, Packing, attention, packed_attention, packed_kernel
 from raylib.models.rotary import apply_rotary, ntk_base, rotary_tables
 
 GATED_ACTIVATIONS = {"swiglu": F.silu, "geglu": F.gelu, "glu": torch.sigmoid}
@@ -62,7 +64,7 @@ class NomicBertConfig(PreTrainedConfig):
     rotary_emb_interleaved: bool = False
     pad_token_id: int | None = 0
     tie_word_embeddings: bool = True
-    attn_backend: str = "auto"  # auto | flash | sdpa
+    attn_backend: str = "auto"  # auto | flash | sdpa | sdpa_unpadded (see raylib.models.attention)
 
     def __post_init__(self, **kwargs):
         if self.n_inner is None:
@@ -88,8 +90,8 @@ class NomicBertConfig(PreTrainedConfig):
             problems.append("rotary_emb_scale_base (xPos) is not supported; set it to null")
         if not 0 <= self.rotary_emb_fraction <= 1:
             problems.append(f"rotary_emb_fraction ({self.rotary_emb_fraction}) must be within [0, 1]")
-        if self.attn_backend not in ("auto", "flash", "sdpa"):
-            problems.append(f"attn_backend {self.attn_backend!r}: use auto, flash or sdpa")
+        if self.attn_backend not in BACKENDS:
+            problems.append(f"attn_backend {self.attn_backend!r}: use one of {', '.join(BACKENDS)}")
         if problems:
             raise ValueError("nomic_bert config: " + "; ".join(problems))
 
@@ -119,21 +121,33 @@ class NomicBertEmbeddings(nn.Module):
         return embeddings
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a forward pass holds its tokens: padded (batch, seq) with `mask` (None: no padding), or packed rows
+    (`packing`) whose attention runs `kernel`."""
+
+    mask: torch.Tensor | None = None
+    packing: Packing | None = None
+    kernel: str | None = None
+
+
 class NomicBertAttention(nn.Module):
     def __init__(self, config: NomicBertConfig):
         super().__init__()
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
-        self.backend = config.attn_backend
         self.Wqkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.qkv_proj_bias)
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.qkv_proj_bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple | None) -> torch.Tensor:
-        batch, seq_len, _ = x.shape
-        q, k, v = self.Wqkv(x).view(batch, seq_len, 3, self.heads, self.head_dim).unbind(dim=2)
+    def forward(self, x: torch.Tensor, tokens: TokenLayout, rotary: tuple | None) -> torch.Tensor:
+        """x is (batch, seq, n_embd), or (tokens, n_embd) when the layout is packed."""
+        q, k, v = self.Wqkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(dim=-3)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        out = attention(q, k, v, mask, self.backend)
-        return self.out_proj(out.reshape(batch, seq_len, -1))
+        if tokens.packing is None:
+            out = attention(q, k, v, tokens.mask)
+        else:
+            out = packed_attention(q, k, v, tokens.packing, tokens.kernel)
+        return self.out_proj(out.flatten(-2))
 
 
 class NomicBertMLP(nn.Module):
@@ -168,11 +182,11 @@ class NomicBertBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens: TokenLayout, rotary: tuple | None) -> torch.Tensor:
         if self.prenorm:
-            x = x + self.attn(self.norm1(x), mask, rotary)
+            x = x + self.attn(self.norm1(x), tokens, rotary)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, mask, rotary))
+        x = self.norm1(x + self.attn(x, tokens, rotary))
         return self.norm2(x + self.mlp(x))
 
 
@@ -235,8 +249,19 @@ class NomicBertModel(NomicBertPreTrainedModel):
                              f"({self.config.n_positions}); truncate it")
         hidden = self.emb_ln(self.embeddings(input_ids, token_type_ids))
         rotary = self.rotary(input_ids.shape[1], input_ids.device)
+        kernel = packed_kernel(self.config.attn_backend, hidden)
+        if kernel is None:
+            tokens = TokenLayout(attention_mask)
+        else:  # every layer runs on the real tokens only
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            tokens = TokenLayout(packing=Packing.of(mask), kernel=kernel)
+            hidden = tokens.packing.unpad(hidden)
+            if rotary is not None:
+                rotary = tuple(table[tokens.packing.positions] for table in rotary)
         for layer in self.encoder.layers:
-            hidden = layer(hidden, attention_mask, rotary)
+            hidden = layer(hidden, tokens, rotary)
+        if tokens.packing is not None:
+            hidden = tokens.packing.repad(hidden)
         return BaseModelOutput(last_hidden_state=hidden)
 
 

@@ -19,10 +19,11 @@ def rotary_tables(dim: int, seq_len: int, base: float, device=None) -> tuple[tor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[-1] features of x (batch, seq, heads, head_dim); the rest pass through."""
+    """Rotate the first cos.shape[-1] features of x (batch, seq, heads, head_dim) with cos/sin (seq, dim), or of
+    packed rows x (tokens, heads, head_dim) with cos/sin (tokens, dim); the rest pass through."""
     dim = cos.shape[-1]
     rotated, passed = x[..., :dim], x[..., dim:]
     first, second = rotated.chunk(2, dim=-1)
-    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)
     rotated = rotated * cos + torch.cat((-second, first), dim=-1) * sin
     return torch.cat((rotated, passed), dim=-1)
