@@ -8,15 +8,16 @@ import socket
 import ray
 
 
-def init_ray(**local_options) -> None:
-    """Connect to RAY_ADDRESS when set, else start embedded Ray with `local_options`; no-op when connected."""
+def init_ray(log_to_driver: bool = True, **local_options) -> None:
+    """Connect to RAY_ADDRESS when set, else start embedded Ray with `local_options`; no-op when connected.
+    log_to_driver False keeps the workers' output off this process's stdout."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", **local_options)  # a new instance even when another Ray runs on this host
+        ray.init(address=address, log_to_driver=log_to_driver)
+    else:  # a new instance even when another Ray runs on this host
+        ray.init(address="local", log_to_driver=log_to_driver, **local_options)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
