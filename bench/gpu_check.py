@@ -17,7 +17,8 @@ Items:
   deepspeed      the MLM job under DeepSpeed ZeRO-2 and ZeRO-3 (one worker per GPU): steps run, the export holds
                  the trained weights
 
-Ray: joins RAY_ADDRESS when set, else starts a local one.
+Ray (embed, serve, deepspeed): joins RAY_ADDRESS when set, else starts a local one. The other items need only torch
+and transformers, for a GPU machine where Ray is not installed.
 """
 
 import argparse
@@ -38,17 +39,16 @@ import torch
 import torch.nn.functional as F
 
 from raylib.config import EmbedJobConfig, MlmJobConfig
-from raylib.data.mlm import mask_tokens
+from raylib.data.masking import mask_tokens
 from raylib.data.sample_corpus import sample_documents, write_shards
 from raylib.models.attention import flash_attn_varlen_func
 from raylib.models.embedder import Embedder
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM, NomicBertModel
 from raylib.models.precision import autocast
 from raylib.models.spec import resolve_spec
-from raylib.runtime import free_port, init_ray
 from raylib.train.grad_cache import grad_cache_step
 from raylib.train.losses import info_nce
-from raylib.train.mlm import step_flops_per_token
+from raylib.train.metrics import step_flops_per_token
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 MIN_COSINE = 0.999
@@ -130,7 +130,8 @@ def mlm_mfu(size: Size, scratch: Path) -> dict:
             optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         tokens_per_s = size.steps * size.batch * size.seq / (time.perf_counter() - started)
-        flops = step_flops_per_token(sum(p.numel() for p in model.parameters()), config, size.seq) * tokens_per_s
+        parameters = sum(p.numel() for p in model.parameters())
+        flops = step_flops_per_token(parameters, size.layers, size.hidden, size.seq) * tokens_per_s
         report[backend] = {"tokens_per_s": round(tokens_per_s), "tflops": round(flops / 1e12, 2),
                            "mfu": None if peak is None else round(flops / (peak * 1e12), 3),
                            "loss": round(float(loss), 3)}
@@ -259,6 +260,7 @@ def serve(size: Size, scratch: Path) -> dict:
     import openai
     import ray
 
+    from raylib.runtime import free_port
     from serve.local import default_config, local_service
 
     config = default_config()
@@ -327,6 +329,7 @@ def deepspeed(size: Size, scratch: Path) -> dict:
     return report
 
 
+RAY_ITEMS = {"embed", "serve", "deepspeed"}  # the others need only torch (and transformers)
 ITEMS = {"mlm_mfu": mlm_mfu, "mixed_lengths": mixed_lengths, "grad_cache": grad_cache, "embed": embed,
          "serve": serve, "deepspeed": deepspeed}
 
@@ -356,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA GPU here; run with --smoke for the CPU version")
     size = SMOKE if args.smoke else GPU
     report, failed = {"environment": environment(), "smoke": args.smoke, "items": {}}, []
-    init_ray(log_to_driver=False, include_dashboard=False)
+    if RAY_ITEMS & set(items):
+        from raylib.runtime import init_ray
+
+        init_ray(log_to_driver=False, include_dashboard=False)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         for item in items:
             started = time.perf_counter()

@@ -17,7 +17,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from raylib.config import MlmJobConfig
-from raylib.data.mlm import mask_tokens
+from raylib.data.masking import mask_tokens
 from raylib.data.sample_corpus import sample_documents, write_shards
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
 from raylib.train.run import run_mlm

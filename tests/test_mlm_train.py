@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from raylib.config import MlmJobConfig, OptimConfig, StrategyConfig, job_main
-from raylib.data.mlm import mask_tokens, pack_windows
+from raylib.data.masking import mask_tokens, pack_windows
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port

@@ -84,3 +84,9 @@ class StepClock:
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
         return seconds
+
+
+def step_flops_per_token(parameters: int, layers: int, hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token of a transformer encoder: 6 per parameter plus attention scores (forward +
+    backward, PaLM's estimate)."""
+    return 6 * parameters + 12 * layers * hidden * seq_len

@@ -10,12 +10,13 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoTokenizer
 
 from raylib.config import BUNDLED_MODEL, ConfigError, MlmJobConfig
-from raylib.data.mlm import mask_tokens, pack_windows
+from raylib.data.masking import mask_tokens, pack_windows
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
 from raylib.models.spec import resolve_model_path
 from raylib.train.distributed import all_sum, set_threads
 from raylib.train.engine import TrainEngine, save_pretrained
 from raylib.train.harness import StepLoop
+from raylib.train.metrics import step_flops_per_token
 from raylib.train.streams import ShardStream, batched
 
 
@@ -49,11 +50,6 @@ def window_batches(rows, seq_len: int, batch_size: int, cls_id: int, sep_id: int
         yield torch.tensor(batch)
 
 
-def step_flops_per_token(parameters: int, model_config: NomicBertConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 per parameter plus attention scores (forward + backward, PaLM's estimate)."""
-    return 6 * parameters + 12 * model_config.n_layer * model_config.n_embd * seq_len
-
-
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
     config = MlmJobConfig.model_validate(loop_config)
@@ -62,7 +58,8 @@ def train_loop(loop_config: dict) -> None:
     torch.manual_seed(config.seed)
     model_config = architecture(config)
     model = NomicBertForMaskedLM(model_config)
-    flops_per_token = step_flops_per_token(sum(p.numel() for p in model.parameters()), model_config, config.seq_len)
+    flops_per_token = step_flops_per_token(sum(p.numel() for p in model.parameters()), model_config.n_layer,
+                                           model_config.n_embd, config.seq_len)
     engine = TrainEngine(model, config.optim, config.strategy, config.batch_size, config.precision,
                          export=with_tokenizer(tokenizer))
     loop = StepLoop(engine, config.checkpoint, config.optim.max_steps)
