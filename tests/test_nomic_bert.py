@@ -82,17 +82,29 @@ def reference_forward(w: dict, config: dict, input_ids: torch.Tensor, mask: torc
         return t * cos + torch.cat((-t[..., half:], t[..., :half]), dim=-1) * sin
 
     additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
-    for i in range(config["n_layer"]):
-        p = f"encoder.layers.{i}"
+    def attention(x, p):
         qkv = (x @ w[f"{p}.attn.Wqkv.weight"].T).view(batch, seq_len, 3, heads, head_dim)
         q, k, v = rotate(qkv[:, :, 0]), rotate(qkv[:, :, 1]), qkv[:, :, 2]
         scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) / math.sqrt(head_dim) + additive
         context = (scores.softmax(-1) @ v.permute(0, 2, 1, 3)).permute(0, 2, 1, 3).reshape(batch, seq_len, hidden)
-        x = F.layer_norm(context @ w[f"{p}.attn.out_proj.weight"].T + x, (hidden,),
-                         w[f"{p}.norm1.weight"], w[f"{p}.norm1.bias"], eps)
-        gated = (x @ w[f"{p}.mlp.fc11.weight"].T) * F.silu(x @ w[f"{p}.mlp.fc12.weight"].T)
-        x = F.layer_norm(gated @ w[f"{p}.mlp.fc2.weight"].T + x, (hidden,),
-                         w[f"{p}.norm2.weight"], w[f"{p}.norm2.bias"], eps)
+        return context @ w[f"{p}.attn.out_proj.weight"].T
+
+    def mlp(x, p):
+        return ((x @ w[f"{p}.mlp.fc11.weight"].T) * F.silu(x @ w[f"{p}.mlp.fc12.weight"].T)) @ w[f"{p}.mlp.fc2.weight"].T
+
+    def norm(x, name):
+        return F.layer_norm(x, (hidden,), w[f"{name}.weight"], w[f"{name}.bias"], eps)
+
+    residual = None
+    for i in range(config["n_layer"]):
+        p = f"encoder.layers.{i}"
+        if config["prenorm"]:  # the reference's Block: the stream carries the sums, x each block's MLP output
+            residual = x if residual is None else x + residual
+            residual = attention(norm(residual, f"{p}.norm1"), p) + residual
+            x = mlp(norm(residual, f"{p}.norm2"), p)
+        else:
+            x = norm(attention(x, p) + x, f"{p}.norm1")
+            x = norm(mlp(x, p) + x, f"{p}.norm2")
     return x
 
 
@@ -169,12 +181,39 @@ def test_public_layout_loads_without_remote_code_and_matches_the_reference(nomic
     assert isinstance(model, NomicBertModel)
     weights = nomic_layout_weights(NOMIC_LAYOUT_CONFIG)
     for lengths in ([9, 5, 2], [100, 70]):  # within and beyond max_trained_positions (64): NTK applies
-        input_ids, mask = padded_batch(lengths)
-        with torch.no_grad():
-            got = model(input_ids, attention_mask=mask).last_hidden_state
-        expected = reference_forward(weights, NOMIC_LAYOUT_CONFIG, input_ids, mask)
-        valid = mask.bool()
-        torch.testing.assert_close(got[valid], expected[valid], atol=1e-4, rtol=1e-4)
+        compare_to_reference(model, weights, NOMIC_LAYOUT_CONFIG, lengths)
+
+
+def test_the_pre_norm_variant_matches_the_reference(tmp_path):
+    config = {**NOMIC_LAYOUT_CONFIG, "prenorm": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    weights = nomic_layout_weights(config, seed=3)
+    save_file(weights, tmp_path / "model.safetensors")
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    compare_to_reference(model, weights, config, [9, 5, 2])
+
+
+def compare_to_reference(model, weights: dict, config: dict, lengths: list[int]) -> None:
+    """The model's batched outputs at real tokens equal the reference's for each text embedded alone."""
+    input_ids, mask = padded_batch(lengths)
+    with torch.no_grad():
+        got = model(input_ids, attention_mask=mask).last_hidden_state
+    for row, length in enumerate(lengths):  # each text as the reference embeds it alone
+        expected = reference_forward(weights, config, input_ids[row:row + 1, :length], mask[row:row + 1, :length])
+        torch.testing.assert_close(got[row, :length], expected[0], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa_unpadded"])
+def test_a_texts_vectors_do_not_depend_on_its_batchmates_past_the_trained_length(backend):
+    """Dynamic NTK scales each sequence's rotary base by its own length, not by the padded batch's."""
+    torch.manual_seed(0)
+    model = NomicBertModel(NomicBertConfig(**TINY, rotary_scaling_factor=2, attn_backend=backend)).eval()
+    input_ids, mask = padded_batch([100, 300, 40])  # 100 and 300 past max_trained_positions (64)
+    with torch.no_grad():
+        batched = model(input_ids, mask).last_hidden_state
+        for row, length in enumerate([100, 300, 40]):
+            alone = model(input_ids[row:row + 1, :length], mask[row:row + 1, :length]).last_hidden_state
+            torch.testing.assert_close(batched[row, :length], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_dynamic_ntk_is_a_no_op_up_to_the_trained_length_and_scales_beyond():

@@ -182,12 +182,17 @@ class NomicBertBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.norm2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, x: torch.Tensor, tokens: TokenLayout, rotary: tuple | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tokens: TokenLayout, rotary: tuple | None,
+                residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output, residual stream). Post-norm: the stream is None. Pre-norm, as nomic's reference computes it: x
+        is the previous block's MLP output, not yet added to the stream; the model's output is the last block's
+        MLP output, never added to the stream."""
         if self.prenorm:
-            x = x + self.attn(self.norm1(x), tokens, rotary)
-            return x + self.mlp(self.norm2(x))
+            residual = x if residual is None else x + residual
+            residual = residual + self.attn(self.norm1(residual), tokens, rotary)
+            return self.mlp(self.norm2(residual)), residual
         x = self.norm1(x + self.attn(x, tokens, rotary))
-        return self.norm2(x + self.mlp(x))
+        return self.norm2(x + self.mlp(x)), None
 
 
 class NomicBertEncoder(nn.Module):
@@ -233,14 +238,25 @@ class NomicBertModel(NomicBertPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def rotary(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """cos/sin tables for this length; the base is NTK-scaled past max_trained_positions when configured."""
+    def rotary(self, mask: torch.Tensor | None, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos/sin tables for a batch padded to seq_len (`mask`: its real tokens, None: no padding): (seq, dim)
+        when no sequence is longer than max_trained_positions (or NTK scaling is off), else (batch, seq, dim)
+        with each row's base NTK-scaled by its own length, so that a text's vector never depends on the batch it
+        came in."""
         config = self.config
         if config.rotary_dim == 0:
             return None
-        base = ntk_base(config.rotary_emb_base, config.rotary_dim, seq_len, config.max_trained_positions,
-                        config.rotary_scaling_factor)
-        return rotary_tables(config.rotary_dim, seq_len, base, device)
+
+        def tables(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            base = ntk_base(config.rotary_emb_base, config.rotary_dim, length, config.max_trained_positions,
+                            config.rotary_scaling_factor)
+            return rotary_tables(config.rotary_dim, seq_len, base, device)
+
+        if not config.rotary_scaling_factor or seq_len <= config.max_trained_positions or mask is None:
+            return tables(seq_len)
+        lengths = mask.sum(dim=1).tolist()
+        by_length = {length: tables(length) for length in set(lengths)}
+        return tuple(torch.stack([by_length[length][i] for length in lengths]) for i in (0, 1))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **unused) -> BaseModelOutput:
@@ -248,7 +264,7 @@ class NomicBertModel(NomicBertPreTrainedModel):
             raise ValueError(f"input of {input_ids.shape[1]} tokens is longer than n_positions "
                              f"({self.config.n_positions}); truncate it")
         hidden = self.emb_ln(self.embeddings(input_ids, token_type_ids))
-        rotary = self.rotary(input_ids.shape[1], input_ids.device)
+        rotary = self.rotary(attention_mask, input_ids.shape[1], input_ids.device)
         kernel = packed_kernel(self.config.attn_backend, hidden)
         if kernel is None:
             tokens = TokenLayout(attention_mask)
@@ -256,10 +272,13 @@ class NomicBertModel(NomicBertPreTrainedModel):
             mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
             tokens = TokenLayout(packing=Packing.of(mask), kernel=kernel)
             hidden = tokens.packing.unpad(hidden)
-            if rotary is not None:
-                rotary = tuple(table[tokens.packing.positions] for table in rotary)
+            if rotary is not None:  # each real token's row of its table
+                packing = tokens.packing
+                rotary = tuple(table[packing.positions] if table.dim() == 2 else table.flatten(0, 1)[packing.keep]
+                               for table in rotary)
+        residual = None
         for layer in self.encoder.layers:
-            hidden = layer(hidden, tokens, rotary)
+            hidden, residual = layer(hidden, tokens, rotary, residual)
         if tokens.packing is not None:
             hidden = tokens.packing.repad(hidden)
         return BaseModelOutput(last_hidden_state=hidden)

@@ -19,8 +19,9 @@ def rotary_tables(dim: int, seq_len: int, base: float, device=None) -> tuple[tor
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first cos.shape[-1] features of x (batch, seq, heads, head_dim) with cos/sin (seq, dim), or of
-    packed rows x (tokens, heads, head_dim) with cos/sin (tokens, dim); the rest pass through."""
+    """Rotate the first cos.shape[-1] features of x (batch, seq, heads, head_dim) with cos/sin (seq, dim) or
+    (batch, seq, dim), or of packed rows x (tokens, heads, head_dim) with cos/sin (tokens, dim); the rest pass
+    through."""
     dim = cos.shape[-1]
     rotated, passed = x[..., :dim], x[..., dim:]
     first, second = rotated.chunk(2, dim=-1)
