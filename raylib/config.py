@@ -190,6 +190,9 @@ class CheckpointConfig(Strict):
     every_steps: int = Field(50, gt=0)
     keep: int = Field(2, gt=0)
     max_failures: int = Field(0, ge=-1)  # worker failures survived by restarting from the latest checkpoint
+    # a re-run under the same name resumes the run when its training config is the same (else it is refused);
+    # false: start the name over, deleting its checkpoints, metrics and published model
+    resume: bool = True
 
     @field_validator("storage_path")
     @classmethod

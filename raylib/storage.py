@@ -94,3 +94,21 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_local(source: Path, target: Path, keep: int = 2) -> None:
+    """Make `target` show a copy of the directory `source`, atomically: readers see the previous version or this
+    one, whole, never a missing or half-copied directory. The copy goes to `<target>-<version>` and `target`
+    becomes a symbolic link to it, switched in one rename; the `keep` newest versions stay (a reader may still be
+    in the previous one), older ones are deleted. A `target` that is a plain directory (published before
+    versions) is moved aside first."""
+    versions = sorted(target.parent.glob(f"{target.name}-*"), key=lambda path: path.stat().st_mtime_ns)
+    version = target.with_name(f"{target.name}-{uuid.uuid4().hex[:12]}")
+    shutil.copytree(source, version)
+    if target.is_dir() and not target.is_symlink():
+        target.rename(target.with_name(f"{target.name}-{uuid.uuid4().hex[:12]}"))
+    link = target.with_name(f".{target.name}-{uuid.uuid4().hex[:12]}.link")
+    link.symlink_to(version.name, target_is_directory=True)
+    os.replace(link, target)
+    for stale in versions[:max(0, len(versions) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)

@@ -16,13 +16,15 @@ import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from raylib.config import MlmJobConfig, OptimConfig, StrategyConfig, job_main
+from raylib.config import ConfigError, MlmJobConfig, OptimConfig, StrategyConfig, job_main
 from raylib.data.masking import mask_tokens, pack_windows
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port
+from raylib.storage import publish_local
 from raylib.train.engine import deepspeed_config
 from raylib.train.harness import TrainReports
+from raylib.train.record import claim_run
 from raylib.train.run import run_mlm
 from tests.conftest import assert_resumed_from_a_checkpoint, write_jsonl
 
@@ -172,6 +174,59 @@ def test_deepspeed_config_follows_the_resolved_precision():
         config = deepspeed_config(OptimConfig(max_steps=1), StrategyConfig(kind="deepspeed"), 4, precision)
         assert config["bf16"]["enabled"] == (precision == "bf16")
         assert config["fp16"]["enabled"] == (precision == "fp16")
+
+
+def test_a_run_resumes_only_the_training_it_was_started_with(corpus, tmp_path):
+    """The run's record refuses another training under the same name before any work; max_steps and the
+    checkpoint settings may change (a resume); checkpoint.resume false starts the name over."""
+    first = job(corpus, tmp_path, "recorded")
+    claim_run(first)
+    run = tmp_path / "recorded"
+    (run / "checkpoint_2026-12-03_00-00-00.000000").mkdir()  # what Ray Train leaves after a checkpoint
+    claim_run(job(corpus, tmp_path, "recorded", optim={"max_steps": 90}, checkpoint={"every_steps": 5},
+                  scaling={"cpus_per_worker": 0.5}))
+    changed = job(corpus, tmp_path, "recorded", optim={"lr": 1e-4}, architecture={"n_layer": 3})
+    with pytest.raises(ConfigError) as refused:
+        claim_run(changed)
+    assert str(refused.value) == (
+        f"checkpoint: {run} holds a run started with another config (architecture.n_layer: 2 -> 3; optim.lr: "
+        "0.002 -> 0.0001); give checkpoint.name a new name, or set checkpoint.resume: false to start this one over")
+    claim_run(changed.model_copy(update={"checkpoint": changed.checkpoint.model_copy(update={"resume": False})}))
+    assert not any(path.name.startswith("checkpoint_") for path in run.iterdir())  # started over
+    assert json.loads((run / "run_config.json").read_text())["optim.lr"] == 1e-4
+
+
+def test_publishing_a_model_is_atomic_for_readers(tmp_path):
+    """A reader that follows <name>/model once (as the model loader does) sees one version, whole, while
+    versions are published; a model published before versions (a plain directory) is replaced too."""
+    versions = []
+    for number in range(6):
+        version = tmp_path / "checkpoints" / str(number)
+        version.mkdir(parents=True)
+        for part in range(20):
+            (version / f"part-{part}.json").write_text(json.dumps({"version": number}))
+        versions.append(version)
+    target = tmp_path / "run" / "model"
+    target.mkdir(parents=True)
+    (target / "part-0.json").write_text(json.dumps({"version": -1}))
+    publish_local(versions[0], target)
+    assert target.is_symlink() and json.loads((target / "part-0.json").read_text())["version"] == 0
+    seen, stop = [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            model = target.resolve()  # as resolve_model_path does
+            seen.append([json.loads(path.read_text())["version"] for path in sorted(model.iterdir())])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for version in versions[1:]:
+        publish_local(version, target)
+    stop.set()
+    reader.join()
+    assert seen and all(len(parts) == 20 and len(set(parts)) == 1 for parts in seen), seen[:3]
+    assert json.loads((target / "part-0.json").read_text())["version"] == 5
+    assert len(list(target.parent.glob("model-*"))) == 2  # the newest two versions stay
 
 
 def train_worker_pids() -> list[int]:

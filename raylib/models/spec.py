@@ -61,7 +61,7 @@ def resolve_model_path(path: str) -> Path:
             return local_copy(path, files, skip=_not_fetched(weights=False))
         except ValueError as exc:  # a key that would land outside the copy
             raise ConfigError(f"model.path: {exc}") from None
-    directory = Path(path).expanduser()
+    directory = Path(path).expanduser().resolve()  # a published model's link, followed once: one version read
     _check_model_files(path, {entry.name for entry in directory.iterdir()} if directory.is_dir() else None)
     return directory
 

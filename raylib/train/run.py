@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import ray.train
@@ -26,9 +27,10 @@ from raylib.data.mlm import text_pieces, text_tokenizer, token_dataset
 from raylib.data.pairs import pairs_dataset
 from raylib.models.spec import resolve_spec
 from raylib.runtime import init_ray
-from raylib.storage import redact
+from raylib.storage import publish_local, redact
 from raylib.train import contrastive, mlm
 from raylib.train.metrics import run_dir, run_uri
+from raylib.train.record import claim_run
 
 
 @dataclass
@@ -52,14 +54,18 @@ class TrainSummary:
 
 def publish_model(result: ray.train.Result, checkpoint: CheckpointConfig) -> str | None:
     """Copy the last checkpoint's model/ to <storage_path>/<name>/model, the fixed place where the next job's
-    config finds it; returns that URI (None when the run saved no checkpoint)."""
+    config finds it; returns that URI (None when the run saved no checkpoint). On a local or shared disk the
+    switch is atomic (storage.publish_local); on object storage the old copy is deleted, then the new one written."""
     if result.checkpoint is None:
         return None
-    fs, target = result.checkpoint.filesystem, f"{result.path}/model"
+    fs, source, target = result.checkpoint.filesystem, f"{result.checkpoint.path}/model", f"{result.path}/model"
+    if run_dir(checkpoint) is not None:
+        publish_local(Path(source), Path(target))
+        return run_uri(checkpoint, "model")
     if fs.get_file_info(target).type != pafs.FileType.NotFound:
         fs.delete_dir(target)
     fs.create_dir(target, recursive=True)
-    pafs.copy_files(f"{result.checkpoint.path}/model", target, source_filesystem=fs, destination_filesystem=fs)
+    pafs.copy_files(source, target, source_filesystem=fs, destination_filesystem=fs)
     return run_uri(checkpoint, "model")
 
 
@@ -102,7 +108,8 @@ def build_trainer(loop, loop_config: dict, scaling: ScalingConfig, checkpoint: C
 def train_on_ray(loop: Callable[[dict], None], config: TrainingJobConfig,
                  datasets: Callable[[], dict], verb: str, fields: tuple[str, ...]) -> TrainSummary:
     """Start or join Ray, run `loop` on the configured workers over `datasets()` (built once Ray runs), and
-    publish the model."""
+    publish the model. A re-run under the same name must be the same training (record.py)."""
+    claim_run(config)
     init_ray()
     check_room_for_data(config.scaling)
     trainer = build_trainer(loop, config.model_dump(), config.scaling, config.checkpoint, datasets())
