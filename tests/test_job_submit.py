@@ -30,6 +30,7 @@ def head_node():
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the job's `python` is this environment's
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))  # the cluster's own token
+    env["RAY_TRAIN_ENABLE_STATE_TRACKING"] = "1"  # the dashboard's view of Train runs (what must hold no secret)
     command = [
         str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
         "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -64,7 +65,9 @@ def head_node():
 def submit(address: str, env: dict, config: Path, job: str = "embed") -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--runtime-env-json", json.dumps({"env_vars": {"OMP_NUM_THREADS": "1"}}), "--",
+         "--runtime-env-json", json.dumps({"env_vars": {
+             "OMP_NUM_THREADS": "1", "RAY_TRAIN_ENABLE_STATE_TRACKING": env["RAY_TRAIN_ENABLE_STATE_TRACKING"]}}),
+         "--",
          "python", f"jobs/{job}.py", "--config", str(config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -95,18 +98,28 @@ def test_training_job_through_ray_job_submit_with_data_and_checkpoints_in_a_buck
     with fs.open_output_stream("mlm/docs/docs.jsonl") as out:
         out.write("".join(json.dumps({"text": doc["text"]}) + "\n" for doc in documents[:200]).encode())
     options = f"?endpoint_override={endpoint}"
+    secret = "testing:train-secret-7f3a"  # credentials in the URIs (the local server takes any)
     config = tmp_path / "mlm.yaml"
     config.write_text(json.dumps({
-        "data": {"path": f"s3://mlm/docs{options}", "id_column": None},
+        "data": {"path": f"s3://{secret}@mlm/docs{options}", "id_column": None},
         "architecture": {"n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 256, "max_trained_positions": 64},
         "seq_len": 64, "batch_size": 4, "precision": "fp32", "optim": {"max_steps": 6},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.75, "threads_per_worker": 1},
-        "checkpoint": {"storage_path": f"s3://mlm/runs{options}", "name": "submitted", "every_steps": 3},
+        "checkpoint": {"storage_path": f"s3://{secret}@mlm/runs{options}", "name": "submitted", "every_steps": 3},
     }))
     done = submit(address, env, config, job="pretrain_mlm")
     assert "succeeded" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     published = f"s3://mlm/runs/submitted/model{options}"
-    assert "pretrained steps=6" in done.stdout and f"model={published}" in done.stdout
+    assert "pretrained steps=6" in done.stdout and "model=s3://***@mlm/runs/submitted/model" in done.stdout
+    assert secret not in done.stdout + done.stderr
+
+    # Ray Train's stored state of the run, as its dashboard serves it: the config is there, its secrets are not
+    headers = {"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"}
+    runs = httpx.get(f"{address}/api/train/v2/runs/v1", headers=headers, timeout=30)
+    assert runs.status_code == 200 and "submitted" in runs.text and "s3://***@mlm/docs" in runs.text, runs.text[:2000]
+    assert secret.split(":")[1] not in runs.text
+    with fs.open_input_stream("mlm/runs/submitted/run_config.json") as record:
+        assert secret.split(":")[1] not in record.read().decode()
 
     stored = [info.path for info in fs.get_file_info(pafs.FileSelector("mlm/runs/submitted", recursive=True))]
     assert sum(path.endswith("/model/model.safetensors") and "/checkpoint_" in path for path in stored) == 2

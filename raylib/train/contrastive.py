@@ -19,7 +19,7 @@ from raylib.models.tokenizer import PromptTokenizer
 from raylib.train.distributed import all_sum, set_threads
 from raylib.train.engine import TrainEngine
 from raylib.train.grad_cache import grad_cache_step
-from raylib.train.harness import StepLoop
+from raylib.train.harness import StepLoop, job_config
 from raylib.train.losses import matryoshka_info_nce
 from raylib.train.streams import ShardStream, batched
 
@@ -113,7 +113,7 @@ def train_micro_batch(engine: TrainEngine, tokenizer: PromptTokenizer, rows: lis
 
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
-    config = ContrastiveJobConfig.model_validate(loop_config)
+    config = job_config(loop_config, ContrastiveJobConfig)
     set_threads(config.scaling)
     spec = resolve_spec(**config.model.model_dump())
     tokenizers = dataset_tokenizers(config, spec)

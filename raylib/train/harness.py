@@ -10,14 +10,17 @@ every checkpoint.every_steps. The jobs' own loops (mlm.py, contrastive.py) say o
         loop.record({"loss": ...}, {"train": stream.position()})
 """
 
+import json
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import ray
 import ray.train
 
-from raylib.config import CheckpointConfig
+from raylib.config import CheckpointConfig, TrainingJobConfig
+from raylib.storage import redact
 from raylib.train.distributed import all_sum
 from raylib.train.engine import TrainEngine
 from raylib.train.metrics import MetricsLog, StepClock
@@ -46,6 +49,17 @@ class TrainReports:
         with tempfile.TemporaryDirectory() as directory:
             self.engine.save(Path(directory), progress)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def train_loop_config(config: TrainingJobConfig) -> dict:
+    """The train loop's config as Ray Train stores it (its state, the dashboard): URIs redacted, and the whole
+    config, credentials in URIs included, in Ray's object store for the workers (`job_config`)."""
+    return {"config": ray.put(config.model_dump()), "shown": json.loads(redact(config.model_dump_json()))}
+
+
+def job_config(loop_config: dict, kind: type[TrainingJobConfig]) -> TrainingJobConfig:
+    """On a worker: the job's config, as the driver gave it (train_loop_config)."""
+    return kind.model_validate(ray.get(loop_config["config"]))
 
 
 def restore(engine: TrainEngine) -> dict:

@@ -15,7 +15,7 @@ from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
 from raylib.models.spec import resolve_model_path
 from raylib.train.distributed import all_sum, set_threads
 from raylib.train.engine import TrainEngine, save_pretrained
-from raylib.train.harness import StepLoop
+from raylib.train.harness import StepLoop, job_config
 from raylib.train.metrics import step_flops_per_token
 from raylib.train.streams import ShardStream, batched
 
@@ -52,7 +52,7 @@ def window_batches(rows, seq_len: int, batch_size: int, cls_id: int, sep_id: int
 
 def train_loop(loop_config: dict) -> None:
     """Runs on every Ray Train worker."""
-    config = MlmJobConfig.model_validate(loop_config)
+    config = job_config(loop_config, MlmJobConfig)
     set_threads(config.scaling)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path(config))
     torch.manual_seed(config.seed)

@@ -27,8 +27,9 @@ from raylib.data.mlm import text_pieces, text_tokenizer, token_dataset
 from raylib.data.pairs import pairs_dataset
 from raylib.models.spec import resolve_spec
 from raylib.runtime import init_ray
-from raylib.storage import publish_local, redact
+from raylib.storage import publish_local, redact, resolve
 from raylib.train import contrastive, mlm
+from raylib.train.harness import train_loop_config
 from raylib.train.metrics import run_dir, run_uri
 from raylib.train.record import claim_run
 
@@ -88,6 +89,10 @@ def build_trainer(loop, loop_config: dict, scaling: ScalingConfig, checkpoint: C
                   datasets: dict) -> TorchTrainer:
     """A TorchTrainer whose workers, storage, checkpoint retention and failure budget come from the YAML."""
     directory = run_dir(checkpoint)
+    if directory is None:  # object storage: Ray Train gets a filesystem, so a URI's credentials stay out of its state
+        filesystem, storage_path = resolve(checkpoint.storage_path)
+    else:
+        filesystem, storage_path = None, str(directory.parent)
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -97,7 +102,7 @@ def build_trainer(loop, loop_config: dict, scaling: ScalingConfig, checkpoint: C
         ),
         run_config=ray.train.RunConfig(
             name=checkpoint.name,
-            storage_path=checkpoint.storage_path if directory is None else str(directory.parent),
+            storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=checkpoint.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=checkpoint.keep),
         ),
@@ -112,7 +117,7 @@ def train_on_ray(loop: Callable[[dict], None], config: TrainingJobConfig,
     claim_run(config)
     init_ray()
     check_room_for_data(config.scaling)
-    trainer = build_trainer(loop, config.model_dump(), config.scaling, config.checkpoint, datasets())
+    trainer = build_trainer(loop, train_loop_config(config), config.scaling, config.checkpoint, datasets())
     started = time.perf_counter()
     result = trainer.fit()
     return TrainSummary(verb, result.metrics or {}, fields, time.perf_counter() - started,
