@@ -1,4 +1,5 @@
-"""Nearest documents to a query in the embed job's output (exact search over all vectors).
+"""Nearest documents to a query in the embed job's output (exact search over all vectors; int8 and binary
+outputs are scored as the float vectors they stand for, see raylib/embed/vectors.py).
 
     python examples/search.py --embeddings out/embeddings --corpus examples/data/docs --query "..."
 """
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as pads
 
+from raylib.embed.vectors import read_floats
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_spec
 
@@ -24,7 +26,7 @@ def main() -> None:
 
     table = pads.dataset(args.embeddings, format="parquet").to_table()
     ids = table.column("id").to_pylist()
-    vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    vectors = read_floats(table)
     query = Embedder(resolve_spec()).encode([args.query], input_type="query")[0]
     scores = vectors @ query
     texts = {}

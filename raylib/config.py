@@ -84,7 +84,9 @@ class InputConfig(Strict):
 
 class OutputConfig(Strict):
     path: str
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16", "int8", "binary"] = "float32"  # int8, binary: see raylib/embed/vectors.py
+    # int8: rows of the input whose vectors set the calibration ranges (once per output, raylib/embed/calibrate.py)
+    calibration_rows: int = Field(2048, gt=1)
     # one run at a time writes the directory; a run that died (kill -9) is taken over this long after its last
     # heartbeat
     lease_timeout_s: float = Field(60.0, gt=0)

@@ -3,6 +3,11 @@
 `serve run serve/config.yaml` builds it with `build_app(args)`; the YAML's `deployments:` section sets
 replicas, resources and autoscaling per deployment (the ingress is `EmbeddingsAPI`, each model deployment
 carries the model's name).
+
+`encoding_format` int8/uint8 quantizes with calibration ranges per (model, dimensions): the per-dimension
+minimum and maximum of the model's own vectors of CALIBRATION_DOCUMENTS fixed documents of the sample corpus,
+computed once by a model replica on the first such request (the same on every replica of the same hardware)
+and kept by the ingress.
 """
 
 import asyncio
@@ -23,11 +28,14 @@ from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
 from raylib.config import BatchingConfig, ConfigError, ServeAppConfig, validate_config
+from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder
+from raylib.models.quantize import SCALAR, SCALAR_SCHEME, calibration_ranges
 from raylib.models.spec import ModelSpec, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from serve.openai_api import (
     ApiError,
+    QuantizationRequest,
     TokenizeRequest,
     check_token_ids,
     embedding_response,
@@ -40,6 +48,7 @@ from serve.openai_api import (
 
 logger = logging.getLogger(__name__)
 REPLICA_RETRIES = 2  # a request whose model replica dies is sent again to another one
+CALIBRATION_DOCUMENTS = 256  # of raylib.data.sample_corpus, for int8/uint8 ranges
 
 
 def padded_tokens(items: list[tuple[list[int], float]]) -> int:
@@ -64,6 +73,8 @@ class EmbeddingModel:
                                            boundaries=[64, 256, 1024, 2048, 4096, 8192, 16384, 65536])
         self.queue_seconds = Histogram("embeddings_queue_seconds", "time a row waits for its batch",
                                        boundaries=[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5])
+        self.calibration_lock = asyncio.Lock()
+        self.calibration_vectors: np.ndarray | None = None
 
     async def embed(self, token_ids: list[list[int]], prompt_length: int = 0) -> np.ndarray:
         """Vectors (rows, dimensions) for token id rows whose first `prompt_length` tokens are their prompt,
@@ -86,6 +97,15 @@ class EmbeddingModel:
         vectors = await asyncio.to_thread(self.embedder.embed_tokens, [ids for ids, _, _ in items],
                                           self.batch_tokens, [length for _, _, length in items])
         return list(vectors)
+
+    async def calibration_ranges(self, dimensions: int | None) -> np.ndarray:
+        """int8/uint8 ranges (2, dimensions): per-dimension min and max of the model's vectors of the fixed
+        calibration documents (embedded once per replica), cut to `dimensions` as requests are."""
+        async with self.calibration_lock:
+            if self.calibration_vectors is None:
+                texts = [row["text"] for row in sample_documents(CALIBRATION_DOCUMENTS)]
+                self.calibration_vectors = await asyncio.to_thread(self.embedder.encode, texts)
+        return calibration_ranges(shorten(self.calibration_vectors, dimensions, self.embedder.spec.normalize))
 
     def ready(self) -> bool:
         """Answered only once __init__ has loaded the model."""
@@ -167,6 +187,7 @@ class EmbeddingsAPI:
             spec = resolve_spec(**served.model.model_dump())
             self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), handles[served.name])
         self.default_model = self.config.models[0].name
+        self.ranges: dict[tuple[str, int | None], np.ndarray] = {}  # int8/uint8 calibration, by (model, dimensions)
         self.api_key = required_api_key(self.config.api_key_env)
         self.requests = Counter("embeddings_requests", "embedding requests by model and status",
                                 tag_keys=("model", "status"))
@@ -180,12 +201,16 @@ class EmbeddingsAPI:
             raise ApiError(401, "missing or wrong API key; send `Authorization: Bearer <key>`",
                            code="invalid_api_key")
 
-    def served(self, name: str | None) -> tuple[str, ServedModel]:
-        """(name, model) the request's `model` field picks (None: the default), or a 404."""
+    def served(self, name: str | None, dimensions: int | None = None) -> tuple[str, ServedModel]:
+        """(name, model) the request's `model` field picks (None: the default), or a 404; a 400 when the model
+        has fewer than the request's `dimensions`."""
         served = self.models.get(name or self.default_model)
         if served is None:
             raise ApiError(404, f"model {quoted(name)} is not served; choose one of {sorted(self.models)}",
                            param="model", code="model_not_found")
+        if dimensions is not None and dimensions > served.spec.dimensions:
+            raise ApiError(400, f"dimensions: at most {served.spec.dimensions} for {name or self.default_model}",
+                           param="dimensions")
         return name or self.default_model, served
 
     @api.post("/v1/embeddings")
@@ -194,10 +219,7 @@ class EmbeddingsAPI:
         try:
             self.authorize(request)
             body = parse_request(await read_body(request, self.config.limits.max_body_bytes))
-            model_name, served = self.served(body.model)
-            if body.dimensions is not None and body.dimensions > served.spec.dimensions:
-                raise ApiError(400, f"dimensions: at most {served.spec.dimensions} for {model_name}",
-                               param="dimensions")
+            model_name, served = self.served(body.model, body.dimensions)
             inputs = split_inputs(body.input, self.config.limits.max_inputs)
             prompt_length = 0  # token-id inputs are used as they are
             if inputs.texts is not None:
@@ -207,23 +229,34 @@ class EmbeddingsAPI:
                 check_token_ids(inputs.token_ids, served.vocab_size)
                 token_ids = inputs.token_ids
             token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
-            vectors = await self.embed(served.handle, token_ids, prompt_length)
+            vectors = await self.ask(served.handle.embed, token_ids, prompt_length)
             vectors = shorten(vectors, body.dimensions, served.spec.normalize)
+            ranges = None
+            if body.encoding_format in SCALAR:
+                ranges = await self.calibration(model_name, served, body.dimensions)
         except ApiError as exc:
             self.requests.inc(tags={"model": model_name, "status": str(exc.status)})
             raise
         prompt_tokens = sum(len(ids) for ids in token_ids)
         self.requests.inc(tags={"model": model_name, "status": "200"})
         self.tokens.inc(prompt_tokens, tags={"model": model_name})
-        return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens))
+        return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens, ranges))
 
-    async def embed(self, handle: DeploymentHandle, token_ids: list[list[int]], prompt_length: int) -> np.ndarray:
-        """The model deployment's vectors; a full queue (the deployment's max_queued_requests) or no answer
-        within limits.request_timeout_s is a fast 503 with Retry-After, a dead replica is retried."""
+    async def calibration(self, model_name: str, served: ServedModel, dimensions: int | None) -> np.ndarray:
+        """The int8/uint8 ranges of a model at `dimensions`, asked of a model replica once."""
+        key = (model_name, dimensions)
+        if key not in self.ranges:
+            self.ranges[key] = await self.ask(served.handle.calibration_ranges, dimensions)
+        return self.ranges[key]
+
+    async def ask(self, method, *args):
+        """A model deployment's answer to `method` (e.g. handle.embed) with `args`; a full queue (the
+        deployment's max_queued_requests) or no answer within limits.request_timeout_s is a fast 503 with
+        Retry-After, a dead replica is retried."""
         timeout = self.config.limits.request_timeout_s
         for attempt in range(REPLICA_RETRIES + 1):
             try:
-                return await asyncio.wait_for(handle.embed.remote(token_ids, prompt_length), timeout)
+                return await asyncio.wait_for(method.remote(*args), timeout)
             except BackPressureError:
                 raise ApiError(503, "the model's queue is full; retry in a moment", code="overloaded",
                                kind="server_error", retry_after_s=1) from None
@@ -234,6 +267,17 @@ class EmbeddingsAPI:
                 if attempt == REPLICA_RETRIES:
                     raise ApiError(503, "the model's replicas are restarting; retry in a moment", code="unavailable",
                                    kind="server_error", retry_after_s=5) from None
+
+    @api.post("/v1/quantization")
+    async def quantization(self, request: Request) -> JSONResponse:
+        """The int8/uint8 calibration ranges of a model at `dimensions`, for clients that map codes back to
+        floats (raylib.models.quantize.dequantize) to score them against float queries."""
+        self.authorize(request)
+        body = parse_request(await read_body(request, self.config.limits.max_body_bytes), QuantizationRequest)
+        model_name, served = self.served(body.model, body.dimensions)
+        ranges = await self.calibration(model_name, served, body.dimensions)
+        return JSONResponse({"object": "quantization", "model": model_name, "dimensions": ranges.shape[1],
+                             "scheme": SCALAR_SCHEME, "min": ranges[0].tolist(), "max": ranges[1].tolist()})
 
     @api.post("/tokenize")
     async def tokenize(self, request: Request) -> JSONResponse:

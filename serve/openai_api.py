@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from raylib.models.quantize import PRECISIONS, quantize
+
 INPUT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
 QUOTED_CHARS = 200  # of a bad value, at most, in an error message
 
@@ -44,11 +46,20 @@ class EmbeddingRequest(BaseModel):
 
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     model: StrictStr | None = None  # None: the application's first model
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = "float"
     dimensions: StrictInt | None = Field(None, gt=0)
     user: StrictStr | None = None
     input_type: Literal["query", "document"] = "document"
     truncate: bool = True  # False: an input longer than the model's max length is an error
+
+
+class QuantizationRequest(BaseModel):
+    """POST /v1/quantization body: the model and dimensions whose int8/uint8 calibration ranges to return."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    dimensions: StrictInt | None = Field(None, gt=0)
 
 
 class TokenizeRequest(BaseModel):
@@ -99,7 +110,8 @@ def parse_request(body: bytes, schema: type[BaseModel] = EmbeddingRequest) -> Ba
 def _check_unicode(request: BaseModel) -> None:
     """Refuse strings that are not valid Unicode text (a lone surrogate such as "\\ud83d"): no tokenizer
     or response can carry them."""
-    texts = [request.input] if isinstance(request.input, str) else request.input
+    texts = getattr(request, "input", [])
+    texts = [texts] if isinstance(texts, str) else texts
     fields = [(f"input[{index}]", "input", text) for index, text in enumerate(texts) if isinstance(text, str)]
     fields += [(name, name, getattr(request, name)) for name in ("model", "user") if getattr(request, name, None)]
     for where, param, text in fields:
@@ -171,10 +183,15 @@ def shorten(vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> n
     return vectors
 
 
-def embedding_response(vectors: np.ndarray, model: str, encoding_format: str, prompt_tokens: int) -> dict:
-    """OpenAI's response body; base64 is little-endian float32, as the official clients decode it."""
+def embedding_response(vectors: np.ndarray, model: str, encoding_format: str, prompt_tokens: int,
+                       ranges: np.ndarray | None = None) -> dict:
+    """OpenAI's response body; base64 is little-endian float32, as the official clients decode it. The
+    quantized formats (raylib.models.quantize, int8/uint8 with calibration `ranges`) give lists of integers:
+    one per dimension for int8/uint8, one per 8 dimensions (packed sign bits) for binary/ubinary."""
     vectors = np.ascontiguousarray(vectors, dtype="<f4")
-    if encoding_format == "base64":
+    if encoding_format in PRECISIONS:
+        encoded = quantize(vectors, encoding_format, ranges).tolist()
+    elif encoding_format == "base64":
         encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
     else:
         encoded = vectors.tolist()

@@ -10,7 +10,11 @@ import pytest
 
 from raylib.config import ConfigError, EmbedJobConfig, InputConfig
 from raylib.data.sources import list_input_files, plan_pieces, read_piece
+from raylib.embed.calibrate import MARKER
 from raylib.embed.run import run_embed
+from raylib.embed.store import OutputStore
+from raylib.embed.vectors import METADATA_KEY, read_floats
+from raylib.models.quantize import quantize
 from tests.conftest import write_jsonl
 
 
@@ -77,6 +81,78 @@ def test_bad_parquet_rows_are_reported_and_good_rows_kept(ray_session, tmp_path,
     reasons = {error["where"].rsplit(" ", 1)[1]: error["error"] for error in errors}
     assert reasons == {"3": "id is missing or null", "5": "text is missing or null", "6": "text is empty",
                        "7": "text is empty"}
+
+
+def test_int8_output_is_calibrated_once_and_every_piece_keeps_those_ranges(ray_session, tmp_path, documents,
+                                                                           embedder):
+    rows = documents[:96]
+    for shard in range(2):
+        write_jsonl(tmp_path / "in" / f"shard-{shard}.jsonl", rows[shard::2])
+    config = job_config(tmp_path / "in", tmp_path / "out", input={"bytes_per_piece": 8_000},
+                        output={"dtype": "int8", "calibration_rows": 40})
+    summary = run_embed(config)
+
+    assert (summary.rows, summary.errors) == (96, 0) and summary.pieces >= 4
+    table = read_output(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.int8(), 384)
+    described = json.loads(table.schema.metadata[METADATA_KEY])
+    assert described["dtype"] == "int8" and described["dimensions"] == 384 and "floor" in described["scheme"]
+    store = OutputStore(str(tmp_path / "out"))
+    ranges = np.array(store.read_marker(MARKER), np.float32)
+    np.testing.assert_array_equal(np.array(described["ranges"], np.float32), ranges)
+    expected = embedder.encode([row["text"] for row in rows])
+    # the ranges come from a sample of this input: inside its own min and max, narrower than all of it
+    assert np.all(ranges[0] >= expected.min(0) - 1e-4) and np.all(ranges[1] <= expected.max(0) + 1e-4)
+    assert np.any(ranges[0] > expected.min(0) + 1e-3)
+    by_id = {doc_id: row for row, doc_id in enumerate(table.column("id").to_pylist())}
+    order = [by_id[row["id"]] for row in rows]
+    codes = np.array(table.column("embedding").to_pylist())[order]
+    assert np.abs(codes - quantize(expected, "int8", ranges).astype(int)).max() <= 1  # floats agree to ~1e-5
+    floats = read_floats(table)[order]
+    step = (ranges[1] - ranges[0]) / 255
+    inside = (expected >= ranges[0]) & (expected <= ranges[1])
+    assert np.all(np.abs(floats - expected)[inside] <= np.broadcast_to(1.5 * step, expected.shape)[inside])
+    assert (np.argmax(floats @ expected.T, axis=0) == np.arange(96)).all()  # each text finds itself
+
+    # a re-run quantizes the pieces it (re-)embeds with the stored ranges, never calibrating again
+    key = sorted(store.finished())[0]
+    redone = store.read_vectors(key).column("id").to_pylist()
+    store.remove_pieces({key})
+    store.write_marker(MARKER, (ranges * 2).tolist())
+    again = run_embed(config)
+    assert again.rows == len(redone) and again.skipped_pieces == summary.pieces - 1
+    piece = store.read_vectors(key)
+    assert json.loads(piece.schema.metadata[METADATA_KEY])["ranges"] == (ranges * 2).tolist()
+    position = {row["id"]: index for index, row in enumerate(rows)}
+    indices = [position[doc_id] for doc_id in piece.column("id").to_pylist()]
+    got = np.array(piece.column("embedding").to_pylist())
+    assert np.abs(got - quantize(expected[indices], "int8", ranges * 2).astype(int)).max() <= 1
+
+
+def test_binary_output_holds_packed_sign_bits(ray_session, tmp_path, documents, embedder):
+    rows = documents[:24]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    summary = run_embed(job_config(tmp_path / "in.jsonl", tmp_path / "out", output={"dtype": "binary"}))
+
+    assert summary.rows == 24 and not (tmp_path / "out" / "_manifest" / MARKER).exists()
+    table = read_output(tmp_path / "out")
+    assert table.schema.field("embedding").type == pa.list_(pa.uint8(), 48)
+    assert json.loads(table.schema.metadata[METADATA_KEY])["dtype"] == "binary"
+    order = [table.column("id").to_pylist().index(row["id"]) for row in rows]
+    bits = np.unpackbits(np.array(table.column("embedding").to_pylist(), np.uint8)[order], axis=1)
+    expected = embedder.encode([row["text"] for row in rows])
+    clear = np.abs(expected) > 1e-4  # signs of values this close to 0 may differ between processes
+    np.testing.assert_array_equal(bits[clear], (expected > 0)[clear])
+    floats = read_floats(table)[order]
+    assert floats.shape == (24, 384) and (np.argmax(floats @ expected.T, axis=0) == np.arange(24)).all()
+
+
+def test_outputs_of_unknown_dtypes_are_refused_by_readers():
+    table = pa.table({"id": ["a"], "embedding": pa.array([[1, 2]], pa.list_(pa.int8(), 2))})
+    with pytest.raises(ValueError, match="without raylib.embedding schema metadata"):
+        read_floats(table)
+    with pytest.raises(ValueError, match="'int4' is not one this version reads"):
+        read_floats(table.replace_schema_metadata({METADATA_KEY: b'{"dtype": "int4", "dimensions": 4}'}))
 
 
 def test_bad_jsonl_lines_are_reported(ray_session, tmp_path):

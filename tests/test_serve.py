@@ -11,7 +11,9 @@ import openai
 import pytest
 import ray
 from ray import serve
+from sentence_transformers.util.quantization import quantize_embeddings
 
+from raylib.models.quantize import calibration_ranges, dequantize
 from raylib.runtime import free_port
 from serve.local import default_config, local_service
 
@@ -102,6 +104,53 @@ def test_base64_decodes_to_the_float_vectors(client):
     np.testing.assert_array_equal(decoded, as_floats)
 
 
+def replica_ranges(model: str, dimensions: int | None) -> np.ndarray:
+    """The int8/uint8 calibration ranges a model replica serves, asked through Ray."""
+    return serve.get_deployment_handle(model, app_name="embeddings").calibration_ranges.remote(dimensions).result()
+
+
+def test_quantized_formats_are_quantize_embeddings_of_the_float_vectors(client, embedder, documents):
+    texts = [doc["text"] for doc in documents[300:306]]
+    floats = vectors(embed(client, input=texts, model=MODEL))
+    ranges = replica_ranges(MODEL, None)
+    # the ranges: min and max of the model's vectors of the first 256 sample documents
+    np.testing.assert_allclose(ranges, calibration_ranges(embedder.encode([d["text"] for d in documents[:256]])),
+                               atol=1e-4)
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        got = np.array([item["embedding"] for item in embed(client, input=texts, encoding_format=precision)["data"]])
+        expected = quantize_embeddings(floats, precision, ranges=ranges)
+        assert got.shape == expected.shape and got.tolist() == expected.tolist(), precision
+    bits = np.packbits(floats > 0, axis=1)
+    assert embed(client, input=texts, encoding_format="ubinary")["data"][0]["embedding"] == bits[0].tolist()
+    published = client.post("/v1/quantization", json={"model": MODEL}).json()
+    np.testing.assert_array_equal(np.array([published["min"], published["max"]], np.float32), ranges)
+    assert published["dimensions"] == 384 and "floor" in published["scheme"]
+    short = vectors(embed(client, input=texts, dimensions=64))
+    got = [item["embedding"] for item in embed(client, input=texts, dimensions=64, encoding_format="int8")["data"]]
+    assert got == quantize_embeddings(short, "int8", ranges=replica_ranges(MODEL, 64)).tolist()
+
+
+def test_int8_vectors_keep_the_ranking_of_documents_for_a_query(client):
+    query = "How do I sort a list of numbers in Python?"
+    documents = ["list.sort() sorts a list in place and sorted() returns a new sorted list of its items.",
+                 "Use sorted(d.items(), key=lambda item: item[1]) to order a dictionary by its values.",
+                 "The json module encodes Python objects as JSON text and decodes them again.",
+                 "A socket is one endpoint of a two-way network connection between programs.",
+                 "Whisk the eggs with sugar, fold in the flour and bake the cake for forty minutes."]
+    floats = vectors(embed(client, input=[query, *documents]))
+    codes = np.array([item["embedding"] for item in embed(client, input=[query, *documents],
+                                                           encoding_format="int8")["data"]])
+    float_order = np.argsort(-(floats[1:] @ floats[0]))
+    assert float_order[0] == 0 and float_order[-1] == 4  # the set is what it is meant to be
+    # a float query against the documents' codes mapped back with the ranges the service publishes: the whole ranking
+    published = client.post("/v1/quantization", json={}).json()
+    restored = dequantize(codes[1:], "int8", 384, np.array([published["min"], published["max"]]))
+    np.testing.assert_array_equal(np.argsort(-(restored @ floats[0])), float_order)
+    # int8 dot products of the raw codes (not centred: offsets per dimension) keep the relevant documents' order
+    raw = codes.astype(np.int32)
+    np.testing.assert_array_equal(np.argsort(-(raw[1:] @ raw[0]))[:3], float_order[:3])
+
+
 def test_dimensions_truncate_and_renormalise(client):
     full = vectors(embed(client, input="matryoshka"))[0]
     short = vectors(embed(client, input="matryoshka", dimensions=64))[0]
@@ -150,6 +199,8 @@ MISTAKES = [
     ({"json": {"input": "word " * 600, "truncate": False}}, 400, "input"),
     ({"json": {"input": "x", "model": "gpt-4"}}, 404, "model"),
     ({"json": {"input": "x", "encoding_format": "hex"}}, 400, "encoding_format"),
+    ({"json": {"input": "x", "encoding_format": "int4"}}, 400, "encoding_format"),
+    ({"json": {"input": "x", "encoding_format": "binary", "dimensions": 1000}}, 400, "dimensions"),
     ({"json": {"input": "x", "dimensions": 0}}, 400, "dimensions"),
     ({"json": {"input": "x", "dimensions": 1000}}, 400, "dimensions"),
     ({"json": {"input": "x", "input_type": "passage"}}, 400, "input_type"),
@@ -278,6 +329,15 @@ def test_a_burst_past_the_queue_gets_fast_503s_with_retry_after(client):
     refused = next(response for response in responses if response.status_code == 503)
     assert refused.headers["retry-after"] == "1" and refused.json()["error"]["code"] == "overloaded"
     assert len(embed(client, input="served again", model=SMALL)["data"]) == 1
+
+
+def test_quantization_ranges_are_checked_like_embeddings_and_behind_the_key(client):
+    assert len(client.post("/v1/quantization", json={"model": SMALL, "dimensions": 32}).json()["min"]) == 32
+    for body, status, param in [({"dimensions": 1000}, 400, "dimensions"), ({"model": "gpt-4"}, 404, "model"),
+                                ({"input": "x"}, 400, "input")]:
+        response = client.post("/v1/quantization", json=body)
+        assert response.status_code == status and response.json()["error"]["param"] == param, response.text
+    assert client.post("/v1/quantization", json={}, headers={"Authorization": ""}).status_code == 401
 
 
 def test_tokenize_gives_the_models_token_ids_behind_the_key(client, embedder):

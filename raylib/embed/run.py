@@ -1,5 +1,6 @@
 """The batch-embedding stage's driver, one Ray Data chain: the piece reader's tasks tokenise each piece
-(tokenize.py) -> model actors embed it (actor.py) -> writer actors commit it (writer.py, store.py).
+(tokenize.py) -> model actors embed it (actor.py) -> writer actors commit it (writer.py, store.py). An int8
+output is calibrated first, once (calibrate.py).
 
 Each input piece travels whole through the stages (one block), so the writer can commit it atomically:
 vectors, bad rows, then its manifest entry. A re-run skips committed pieces, which makes the output hold
@@ -8,11 +9,11 @@ every valid input id exactly once, whatever killed the previous run.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow.compute as pc
 import ray
 
@@ -26,10 +27,12 @@ from raylib.data.sources import (
     plan_input,
     read_pieces,
 )
-from raylib.embed.actor import EmbedActor
+from raylib.embed.actor import embed_with_actors
+from raylib.embed.calibrate import output_ranges
 from raylib.embed.store import OutputStore
 from raylib.embed.tokenize import tokenize_piece
 from raylib.embed.unique import remove_duplicates
+from raylib.embed.vectors import schema_metadata, vector_bytes
 from raylib.embed.writer import PieceWriter
 from raylib.models.spec import model_fingerprint, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
@@ -39,7 +42,6 @@ from raylib.storage import redact
 LAYOUT = 2  # of piece keys: <file stem>-<file digest>-<file fingerprint>-<first row or byte>
 PIECE_OUTPUT_BYTES = 64 << 20  # a piece's vectors at most (besides input.rows_per_piece)
 UNREADABLE_EXIT = 3  # the job finished, but some inputs could not be read (listed in <output>/_errors)
-DTYPE_BYTES = {"float32": 4, "float16": 2}
 
 
 @dataclass
@@ -133,7 +135,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     spec = resolve_spec(**config.model.model_dump())
     tokenizer = PromptTokenizer.from_spec(spec)
     fs, files = list_input_files(config.input)
-    max_rows = PIECE_OUTPUT_BYTES // (spec.dimensions * DTYPE_BYTES[config.output.dtype])
+    max_rows = PIECE_OUTPUT_BYTES // vector_bytes(config.output.dtype, spec.dimensions)
     plan = plan_input(fs, files, config.input, max_rows=max_rows)
     store = OutputStore(config.output.path)
     with store.lease(config.output.lease_timeout_s) as lease:
@@ -144,7 +146,11 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
 
         init_ray()
         _check_resources(config)
-        totals = _embed(todo, config, tokenizer) if todo else {"rows": 0, "errors": 0, "tokens": 0}
+        totals = {"rows": 0, "errors": 0, "tokens": 0}
+        if todo:
+            ranges = output_ranges(store, plan.pieces, config, tokenizer)
+            lease.check()
+            totals = _embed(todo, config, tokenizer, ranges, spec.dimensions)
         lease.check()
         committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
         duplicates = remove_duplicates(store, config.input.id_column, committed,
@@ -165,32 +171,21 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     )
 
 
-def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer) -> dict[str, int]:
-    """Run the pieces through the Ray Data chain; returns the committed rows, bad rows and tokens."""
-    compute = config.compute
+def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer, ranges: np.ndarray | None,
+           dimensions: int) -> dict[str, int]:
+    """Run the pieces through the Ray Data chain (vectors in output.dtype, int8 with `ranges`); returns the
+    committed rows, bad rows and tokens."""
+    compute, dtype = config.compute, config.output.dtype
+    pieces = read_pieces(todo, compute.tokenizer_cpus, tokenize_piece, config=config.input, tokenizer=tokenizer,
+                         input_type=config.input_type, output_uri=config.output.path)
     dataset = (
-        read_pieces(todo, compute.tokenizer_cpus, tokenize_piece, config=config.input, tokenizer=tokenizer,
-                    input_type=config.input_type, output_uri=config.output.path)
-        .map_batches(
-            EmbedActor,
-            batch_size=None,
-            batch_format="pyarrow",
-            fn_constructor_kwargs={
-                "model_json": config.model.model_dump_json(),
-                "input_type": config.input_type,
-                "batch_tokens": compute.batch_tokens,
-                "threads": compute.threads_per_actor or math.ceil(compute.cpus_per_actor),
-            },
-            compute=ray.data.ActorPoolStrategy(size=compute.actors),
-            num_cpus=compute.cpus_per_actor,
-            num_gpus=compute.gpus_per_actor,
-        )
+        embed_with_actors(pieces, config, dtype, ranges)
         .map_batches(
             PieceWriter,
             batch_size=None,
             batch_format="pyarrow",
             fn_constructor_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
-                                   "dtype": config.output.dtype},
+                                   "metadata": schema_metadata(dtype, dimensions, ranges)},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=compute.actors),
             num_cpus=compute.writer_cpus,
         )

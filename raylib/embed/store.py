@@ -1,12 +1,14 @@
 """The output directory of a batch-embedding run: one parquet file per finished input piece, its bad rows,
 and a manifest of finished pieces that makes re-runs skip them.
 
-    <output>/<piece key>.parquet                id + embedding, written whole, then renamed into place
+    <output>/<piece key>.parquet                id + embedding (its dtype and scheme in the schema metadata,
+                                                vectors.py), written whole, then renamed into place
     <output>/_errors/<piece key>.jsonl          rows that could not be embedded, with the reason
     <output>/_errors/<key>.unreadable.jsonl     a file or piece that could not be read at all (this run)
     <output>/_errors/<key>.duplicates.jsonl     rows removed because an earlier row holds the same id
     <output>/_manifest/<piece key>.json         written last: the piece is done (rows, errors, tokens)
     <output>/_manifest/_job.json                the settings the vectors were made with
+    <output>/_manifest/_quantization.json       int8 outputs: the calibration ranges of every piece (calibrate.py)
     <output>/_lease.json                        the run that owns the directory now, with its heartbeat
 Names starting with "_" are skipped by parquet readers, so `pyarrow.dataset(<output>)` reads only vectors.
 """

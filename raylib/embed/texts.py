@@ -10,6 +10,7 @@ import pyarrow.dataset as pads
 
 from raylib.config import ComputeConfig, EmbedderConfig, EmbedJobConfig
 from raylib.embed.run import run_embed
+from raylib.embed.vectors import read_floats
 from raylib.models.embedder import Embedder
 
 
@@ -25,8 +26,7 @@ def vectors_with_pipeline(model: EmbedderConfig, texts: dict[str, str], compute:
                                  output={"path": str(output)}, compute=compute))
         table = pads.dataset(output, format="parquet").to_table()
         row_of = {key: row for row, key in enumerate(table.column("id").to_pylist())}
-        vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
-        vectors = vectors.reshape(len(table), -1)
+        vectors = read_floats(table)
     return vectors[[row_of[key] for key in texts]]
 
 

@@ -15,10 +15,11 @@ COUNTS = pa.schema([("piece", pa.string()), ("rows", pa.int64()), ("errors", pa.
 
 
 class PieceWriter:
-    """Commits every piece of a block it receives (vectors, bad rows, manifest entry)."""
+    """Commits every piece of a block it receives (vectors with the output's schema `metadata`, bad rows,
+    manifest entry)."""
 
-    def __init__(self, output_uri: str, id_column: str, dtype: str):
-        self.store, self.id_column, self.dtype = OutputStore(output_uri), id_column, dtype
+    def __init__(self, output_uri: str, id_column: str, metadata: dict[bytes, bytes]):
+        self.store, self.id_column, self.metadata = OutputStore(output_uri), id_column, metadata
 
     def __call__(self, table: pa.Table) -> pa.Table:
         """Returns one row of counts per committed piece."""
@@ -33,10 +34,8 @@ class PieceWriter:
             raise RuntimeError(f"piece {key} reached the writer split ({len(part)} of {expected} rows)")
         good = pc.is_null(part.column("_error"))
         kept, bad = part.filter(good), part.filter(pc.invert(good))
-        embedding = kept.column("embedding")
-        if self.dtype == "float16":
-            embedding = embedding.cast(pa.list_(pa.float16(), embedding.type.list_size))
-        vectors = pa.table({self.id_column: kept.column("id"), "embedding": embedding})
+        vectors = pa.table({self.id_column: kept.column("id"), "embedding": kept.column("embedding")},
+                           metadata=self.metadata)
         errors = [
             {"id": row["id"], "where": row["_where"], "error": row["_error"]}
             for row in bad.select(["id", "_where", "_error"]).to_pylist()
