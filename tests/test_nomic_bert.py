@@ -1,23 +1,34 @@
-"""nomic-bert: attention backends, rotary/NTK, save/load, the public checkpoint layout, the Embedder at 8192 tokens."""
+"""nomic-bert: attention backends, rotary/NTK, save/load, the three layouts (native, nomic's remote code, ours),
+the native export opened without raylib, the Embedder at 8192 tokens."""
 
 import json
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import AutoModel
+from transformers import AutoModel, AutoTokenizer
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.nomic_bert import configuration_nomic_bert, modeling_nomic_bert
 
 from raylib.models.attention import Packing, attention, packed_kernel
+from raylib.models.biencoder import BiEncoder, export_biencoder
 from raylib.models.embedder import Embedder
+from raylib.models.encoder import load_encoder
 from raylib.models.nomic_bert import (
     NomicBertConfig,
     NomicBertForMaskedLM,
     NomicBertModel,
 )
+from raylib.models.nomic_layouts import native_config, read_config
 from raylib.models.rotary import ntk_base
-from raylib.models.spec import resolve_spec
+from raylib.models.spec import resolve_model_path, resolve_spec
+from raylib.train.mlm import with_tokenizer
 from tests.conftest import copy_bundled_tokenizer
 
 TINY = dict(n_embd=64, n_head=4, n_layer=2, n_inner=256, max_trained_positions=64, n_positions=8192)
@@ -177,7 +188,7 @@ def test_the_whole_layer_unpadded_equals_the_padded_pass_forward_and_backward():
 
 
 def test_public_layout_loads_without_remote_code_and_matches_the_reference(nomic_dir):
-    model = AutoModel.from_pretrained(nomic_dir).eval()  # trust_remote_code stays off
+    model = load_encoder(nomic_dir)  # trust_remote_code stays off
     assert isinstance(model, NomicBertModel)
     weights = nomic_layout_weights(NOMIC_LAYOUT_CONFIG)
     for lengths in ([9, 5, 2], [100, 70]):  # within and beyond max_trained_positions (64): NTK applies
@@ -189,7 +200,7 @@ def test_the_pre_norm_variant_matches_the_reference(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     weights = nomic_layout_weights(config, seed=3)
     save_file(weights, tmp_path / "model.safetensors")
-    model = AutoModel.from_pretrained(tmp_path).eval()
+    model = load_encoder(tmp_path).eval()
     compare_to_reference(model, weights, config, [9, 5, 2])
 
 
@@ -265,7 +276,7 @@ def test_a_checkpoint_with_missing_tensors_fails_listing_them(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(NOMIC_LAYOUT_CONFIG))
     save_file(weights, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match=r"missing_keys: encoder\.layers\.1\.mlp\.fc2\.weight"):
-        AutoModel.from_pretrained(tmp_path)
+        load_encoder(tmp_path)
 
 
 def test_bad_config_is_refused_naming_the_keys():
@@ -285,3 +296,121 @@ def test_embedder_opens_the_layout_and_embeds_8192_tokens(nomic_dir):
     assert vectors.shape == (2, 64) and torch.isfinite(torch.from_numpy(vectors)).all()
     query, document = embedder.encode(["sorting"], "query"), embedder.encode(["sorting"], "document")
     assert not (query == document).all()  # the prefixes reach the model
+
+
+def test_our_model_type_leaves_transformers_nomic_bert_alone():
+    assert CONFIG_MAPPING["nomic_bert"] is configuration_nomic_bert.NomicBertConfig
+    assert MODEL_MAPPING[configuration_nomic_bert.NomicBertConfig] is modeling_nomic_bert.NomicBertModel
+    assert CONFIG_MAPPING["raylib_nomic_bert"] is NomicBertConfig and MODEL_MAPPING[NomicBertConfig] is NomicBertModel
+
+
+# Run with -I from outside the repository, the editable install's finders removed: raylib cannot be imported.
+WITHOUT_RAYLIB = """
+import importlib.util, sys
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_hooks = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+assert importlib.util.find_spec("raylib") is None and importlib.util.find_spec("tests") is None
+import numpy as np, torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoModelForMaskedLM
+inputs, out = np.load(sys.argv[1]), {}
+for name, directory in (("st", sys.argv[3]), ("mlm", sys.argv[4])):
+    for remote in (False, True):
+        model = AutoModel.from_pretrained(directory, trust_remote_code=remote).eval()
+        native = type(model).__module__ == "transformers.models.nomic_bert.modeling_nomic_bert"
+        assert native != remote, type(model).__module__
+        with torch.no_grad():
+            for batch in ("short", "long"):
+                ids, mask = (torch.from_numpy(inputs[f"{batch}_{part}"]) for part in ("ids", "mask"))
+                out[f"{name}_{remote}_{batch}"] = model(input_ids=ids, attention_mask=mask).last_hidden_state.numpy()
+with torch.no_grad():
+    mlm = AutoModelForMaskedLM.from_pretrained(sys.argv[4]).eval()
+    out["logits"] = mlm(input_ids=torch.from_numpy(inputs["short_ids"]),
+                        attention_mask=torch.from_numpy(inputs["short_mask"])).logits.numpy()
+out["sentences"] = SentenceTransformer(sys.argv[3], device="cpu").encode(list(inputs["texts"]))
+np.savez(sys.argv[2], **out)
+"""
+
+
+def run_without_raylib(tmp_path, inputs: dict, st_dir, mlm_dir) -> dict:
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_RAYLIB, "inputs.npz", "out.npz", str(st_dir),
+                           str(mlm_dir)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(tmp_path / "out.npz"))
+
+
+def test_exports_open_in_transformers_and_sentence_transformers_without_raylib(tmp_path):
+    """The MLM job's export and the contrastive export are transformers' native nomic_bert (AutoModel and
+    SentenceTransformer, no remote code) and carry remote code (auto_map) that computes the same; all give our
+    vectors: a batch within the trained length, and a text past it (dynamic NTK) alone."""
+    torch.manual_seed(0)
+    config = NomicBertConfig(**TINY, rotary_scaling_factor=2)
+    mlm = NomicBertForMaskedLM(config).eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("bundled"))
+    with_tokenizer(tokenizer)(mlm, mlm.state_dict(), tmp_path / "mlm")
+    assert json.loads((tmp_path / "mlm" / "config.json").read_text())["model_type"] == "nomic_bert"
+
+    spec = resolve_spec(str(tmp_path / "mlm"), pooling="mean", normalize=True)
+    biencoder = BiEncoder(spec)  # the contrastive job's model, starting from the MLM job's published one
+    assert isinstance(biencoder.backbone, NomicBertModel)
+    export_biencoder(biencoder, biencoder.state_dict(), spec, tmp_path / "st")
+    exported = Embedder(resolve_spec(str(tmp_path / "st")))
+    assert isinstance(exported.model, NomicBertModel)
+
+    texts = ["where are the files stored", "a short one", "sorting a list of numbers in place"]
+    short_ids, short_mask = padded_batch([20, 7, 13])
+    long_ids, long_mask = padded_batch([150])  # past max_trained_positions (64)
+    theirs = run_without_raylib(tmp_path, {"texts": np.array(texts), "short_ids": short_ids.numpy(),
+                                           "short_mask": short_mask.numpy(), "long_ids": long_ids.numpy(),
+                                           "long_mask": long_mask.numpy()}, tmp_path / "st", tmp_path / "mlm")
+    with torch.no_grad():
+        ours = {"short": mlm.bert(short_ids, short_mask).last_hidden_state,
+                "long": mlm.bert(long_ids, long_mask).last_hidden_state}
+        logits = mlm(short_ids, short_mask).logits
+    valid = short_mask.bool().numpy()
+    for name in ("st", "mlm"):
+        for remote in (False, True):
+            np.testing.assert_allclose(theirs[f"{name}_{remote}_short"][valid], ours["short"].numpy()[valid],
+                                       atol=1e-4, rtol=0)
+            np.testing.assert_allclose(theirs[f"{name}_{remote}_long"], ours["long"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(theirs["logits"][valid], logits.numpy()[valid], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(theirs["sentences"], exported.encode(texts), atol=1e-4, rtol=0)
+
+
+def test_a_directory_saved_by_transformers_nomic_bert_embeds_as_the_native_class_does(tmp_path):
+    """Widths that are not multiples of 256, a vocabulary that is not one of 64, dynamic NTK: read exactly."""
+    torch.manual_seed(0)
+    native_config = configuration_nomic_bert.NomicBertConfig(
+        vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=100,
+        max_position_embeddings=64, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 500.0})
+    native = modeling_nomic_bert.NomicBertModel(native_config).eval()
+    native.save_pretrained(tmp_path)
+    copy_bundled_tokenizer(tmp_path)
+    embedder = Embedder(resolve_spec(str(tmp_path), pooling="mean", normalize=False))
+    assert isinstance(embedder.model, NomicBertModel) and embedder.spec.hidden_size == 48
+    for lengths in ([20, 7, 13], [150]):  # a batch within the trained length; one text past it
+        input_ids, mask = padded_batch(lengths)
+        with torch.no_grad():
+            expected = native(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            got = embedder.model(input_ids, mask).last_hidden_state
+        torch.testing.assert_close(got[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=1e-5)
+    vectors = embedder.embed_batch([[101, 2054, 2003, 102], [101, 7592, 102]])
+    input_ids, mask = torch.tensor([[101, 2054, 2003, 102], [101, 7592, 102, 0]]), torch.tensor([[1] * 4, [1] * 3 + [0]])
+    with torch.no_grad():
+        hidden = native(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    np.testing.assert_allclose(vectors, pooled.numpy(), atol=1e-5, rtol=0)
+
+
+def test_our_config_survives_the_native_layout_and_what_it_cannot_express_is_refused():
+    config = NomicBertConfig(**TINY, rotary_scaling_factor=2)
+    back = read_config(native_config(config).to_dict())
+    for key in ("n_embd", "n_head", "n_layer", "vocab_size", "max_trained_positions", "rotary_scaling_factor",
+                "rotary_emb_base", "n_positions", "activation_function", "mlp_width"):
+        assert getattr(back, key) == getattr(config, key), key
+    with pytest.raises(ValueError, match="has no prenorm: true; qkv_proj_bias: true"):
+        native_config(NomicBertConfig(**TINY, prenorm=True, qkv_proj_bias=True))

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModel
 
 from raylib.models.bidirectional import make_bidirectional
+from raylib.models.encoder import load_encoder
 from raylib.models.latent_attention import LatentAttentionPooling, load_head, save_head
 from raylib.models.lora import apply_lora, merged_state
+from raylib.models.nomic_bert import NomicBertConfig
+from raylib.models.nomic_layouts import save_native
 from raylib.models.pooling import pool_hidden
 from raylib.models.spec import (
     ModelSpec,
@@ -43,8 +45,7 @@ class BiEncoder(torch.nn.Module):
         a new latent-attention head (num_latents, num_heads, mlp_ratio), used when spec.pooling is latent and
         the model directory has none."""
         super().__init__()
-        backbone = AutoModel.from_pretrained(fetch_weights(spec), use_safetensors=True,
-                                             trust_remote_code=spec.trust_remote_code)
+        backbone = load_encoder(fetch_weights(spec), spec.trust_remote_code)
         pooler = getattr(backbone, "pooler", None)
         if pooler is not None:  # BERT's [CLS] head is not part of the embedding: frozen, exported unchanged
             pooler.requires_grad_(False)
@@ -71,7 +72,8 @@ def _part(state: dict, prefix: str) -> dict:
 def export_biencoder(module: BiEncoder, state: dict, spec: ModelSpec, directory: Path) -> None:
     """Write `module` with the weights `state` (its state dict, e.g. from a checkpoint) as a copy of the
     starting model directory spec.directory (tokenizer and the rest), with the trained backbone (LoRA merged
-    in), its pooling head and the sentence-transformers layout of `spec`."""
+    in; nomic-bert in transformers' native layout), its pooling head and the sentence-transformers layout of
+    `spec`."""
     source = spec.directory
 
     def skip_weights(folder: str, names: list[str]) -> list[str]:  # only the top level's weights are replaced
@@ -82,9 +84,13 @@ def export_biencoder(module: BiEncoder, state: dict, spec: ModelSpec, directory:
     weights = _part(state, "backbone.")
     if hasattr(module.backbone, "peft_config"):
         weights = merged_state(module.backbone, weights)
-    module.backbone.config.save_pretrained(directory)
-    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, directory / "model.safetensors",
-              metadata={"format": "pt"})
+    config = module.backbone.config
+    if isinstance(config, NomicBertConfig):
+        save_native(config, weights, directory)
+    else:
+        config.save_pretrained(directory)
+        save_file({name: tensor.contiguous() for name, tensor in weights.items()}, directory / "model.safetensors",
+                  metadata={"format": "pt"})
     if module.head is not None:
         save_head(module.head, directory / "1_LatentAttention", spec.include_prompt, _part(state, "head."))
     write_sentence_transformers_layout(directory, spec, module.head is not None)

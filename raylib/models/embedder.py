@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel
 
 from raylib.config import BATCH_TOKENS, ConfigError
 from raylib.models.batching import token_budget_batches
 from raylib.models.bidirectional import make_bidirectional
 from raylib.models.device import current_device
+from raylib.models.encoder import load_encoder
 from raylib.models.latent_attention import load_head
 from raylib.models.pooling import pool_hidden
 from raylib.models.precision import autocast, resolve_precision
@@ -48,9 +48,7 @@ class Embedder:
         # faster here for the extra padded tokens
         self.pad_multiple = 16 if self.precision == "bf16" else 1
         self.tokenize = PromptTokenizer.from_spec(spec)
-        self.model = AutoModel.from_pretrained(
-            fetch_weights(spec), use_safetensors=True, trust_remote_code=spec.trust_remote_code
-        ).to(self.device).eval()
+        self.model = load_encoder(fetch_weights(spec), spec.trust_remote_code).to(self.device).eval()
         if getattr(self.model.config, "is_causal", None) is False:  # a decoder trained bidirectionally
             make_bidirectional(self.model)
         self.head = self._latent_head() if spec.pooling == "latent" else None

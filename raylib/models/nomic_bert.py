@@ -1,9 +1,11 @@
-"""nomic-bert: a long-context BERT (rotary positions with dynamic NTK scaling, SwiGLU, no dropout, vocab padded
-to a multiple of 64), as transformers models registered under model_type `nomic_bert`.
+"""nomic-bert for training: a long-context BERT (rotary positions with dynamic NTK scaling per sequence, SwiGLU,
+no dropout, vocab padded to a multiple of 64) whose layers run on the real tokens only (flash-attn varlen or
+`sdpa_unpadded`) and whose MLM head computes logits at the masked positions only.
 
-Parameter names and config keys follow the public nomic checkpoints (GPT-2 style keys: n_embd, n_head, n_layer,
-n_inner, ...), so their directories open with `AutoModel.from_pretrained(dir)` without remote code.
-Dropout keys in those configs are accepted and ignored: this model has no dropout.
+Parameter names and config keys follow nomic's remote-code checkpoints (GPT-2 style keys: n_embd, n_head,
+n_layer, n_inner, ...); dropout keys in those configs are accepted and ignored: this model has no dropout.
+It is registered with the Auto classes under its own model_type, `raylib_nomic_bert`, never over transformers'
+`nomic_bert`; nomic_layouts.py reads every published layout into it and writes transformers' native one.
 """
 
 from dataclasses import dataclass
@@ -29,10 +31,11 @@ PLAIN_ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate
 
 
 @strict
-class NomicBertConfig(PreTrainedConfig):
-    """Config of nomic-bert; defaults are nomic-bert-2048's architecture."""
+class RaylibNomicBertConfig(PreTrainedConfig):
+    """Config of nomic-bert; defaults are nomic-bert-2048's architecture. Its class name is not transformers'
+    NomicBertConfig because the Auto classes map models by their config's class name."""
 
-    model_type = "nomic_bert"
+    model_type = "raylib_nomic_bert"
     attribute_map = {
         "hidden_size": "n_embd",
         "num_attention_heads": "n_head",
@@ -60,6 +63,7 @@ class NomicBertConfig(PreTrainedConfig):
     mlp_fc2_bias: bool = False
     prenorm: bool = False
     pad_vocab_size_multiple: int = 64
+    mlp_multiple_of: int = 256  # the gated MLP's width: n_inner rounded up to this (nomic's GatedMLP)
     causal: bool = False
     rotary_emb_interleaved: bool = False
     pad_token_id: int | None = 0
@@ -90,14 +94,24 @@ class NomicBertConfig(PreTrainedConfig):
             problems.append("rotary_emb_scale_base (xPos) is not supported; set it to null")
         if not 0 <= self.rotary_emb_fraction <= 1:
             problems.append(f"rotary_emb_fraction ({self.rotary_emb_fraction}) must be within [0, 1]")
+        if self.mlp_multiple_of < 1:
+            problems.append(f"mlp_multiple_of ({self.mlp_multiple_of}) must be at least 1")
         if self.attn_backend not in BACKENDS:
             problems.append(f"attn_backend {self.attn_backend!r}: use one of {', '.join(BACKENDS)}")
         if problems:
             raise ValueError("nomic_bert config: " + "; ".join(problems))
 
     @property
+    def mlp_width(self) -> int:
+        """The gated MLP's hidden width."""
+        return -(-self.n_inner // self.mlp_multiple_of) * self.mlp_multiple_of
+
+    @property
     def rotary_dim(self) -> int:
         return int(self.n_embd // self.n_head * self.rotary_emb_fraction)
+
+
+NomicBertConfig = RaylibNomicBertConfig  # the name our jobs, tests and benchmarks import
 
 
 class NomicBertEmbeddings(nn.Module):
@@ -151,14 +165,14 @@ class NomicBertAttention(nn.Module):
 
 
 class NomicBertMLP(nn.Module):
-    """SwiGLU (fc11 * act(fc12), the gated width rounded up to a multiple of 256) or a plain two-layer MLP."""
+    """SwiGLU (fc11 * act(fc12), n_inner rounded up to a multiple of mlp_multiple_of) or a plain two-layer MLP."""
 
     def __init__(self, config: NomicBertConfig):
         super().__init__()
         self.gated = config.activation_function in GATED_ACTIVATIONS
         if self.gated:
             self.activation = GATED_ACTIVATIONS[config.activation_function]
-            width = (config.n_inner + 255) // 256 * 256
+            width = config.mlp_width
             self.fc11 = nn.Linear(config.n_embd, width, bias=config.mlp_fc1_bias)
             self.fc12 = nn.Linear(config.n_embd, width, bias=config.mlp_fc1_bias)
         else:
@@ -329,6 +343,7 @@ class NomicBertForMaskedLM(NomicBertPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
-AutoConfig.register("nomic_bert", NomicBertConfig, exist_ok=True)
-AutoModel.register(NomicBertConfig, NomicBertModel, exist_ok=True)
-AutoModelForMaskedLM.register(NomicBertConfig, NomicBertForMaskedLM, exist_ok=True)
+# exist_ok stays False: registering over a model type transformers (or anyone) already has is an error
+AutoConfig.register(NomicBertConfig.model_type, NomicBertConfig)
+AutoModel.register(NomicBertConfig, NomicBertModel)
+AutoModelForMaskedLM.register(NomicBertConfig, NomicBertForMaskedLM)

@@ -15,11 +15,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-import raylib.models.nomic_bert  # noqa: F401  (registers model_type nomic_bert with the Auto classes)
 from raylib.config import BUNDLED_MODEL, ConfigError
+from raylib.models.encoder import read_encoder_config
 from raylib.storage import is_remote, local_copy, remote_files, resolve
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -179,14 +178,14 @@ def resolve_spec(path: str = BUNDLED_MODEL, *, pooling: str | None = None, inclu
     directory = resolve_model_path(path)
     declared = read_sentence_transformers_layout(directory)
     declared_config = _read_json(directory / "config.json") or {}
-    built_in = declared_config.get("model_type") in CONFIG_MAPPING  # includes nomic_bert, registered by raylib
+    built_in = declared_config.get("model_type") in CONFIG_MAPPING  # transformers' and ours (raylib_nomic_bert)
     if "auto_map" in declared_config and not built_in and not trust_remote_code:
         raise ConfigError(
             f"model.path: {path} runs its own Python code (auto_map in config.json); "
             "set model.trust_remote_code: true only if you trust it"
         )
     try:
-        model_config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+        model_config = read_encoder_config(directory, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.path: {path} has no usable config.json ({exc}); give a model directory")
     hidden_size = int(model_config.hidden_size)

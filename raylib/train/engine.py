@@ -60,6 +60,22 @@ def deepspeed_config(optim: OptimConfig, strategy: StrategyConfig, micro_batch: 
     }
 
 
+def export_mismatches(checkpoint: Path, prefix: str = "bert.") -> list[str]:
+    """The encoder tensors (the trained model's under `prefix`) whose published copy in checkpoint/model differs
+    from the DeepSpeed checkpoint's fp32 weights, gathered from every rank's partition, or is missing on either
+    side; empty when the export holds the trained encoder."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from raylib.models.encoder import load_encoder
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint / DEEPSPEED_DIR), tag="state")
+    trained = {name.removeprefix(prefix): tensor for name, tensor in state.items() if name.startswith(prefix)}
+    exported = load_encoder(checkpoint / "model").state_dict()
+    return sorted(name for name in trained.keys() | exported.keys()
+                  if name not in trained or name not in exported or exported[name].shape != trained[name].shape
+                  or not torch.allclose(exported[name], trained[name]))
+
+
 class TrainEngine:
     """Wraps a model for data-parallel training with the strategy of the YAML.
 

@@ -12,9 +12,10 @@ from transformers import AutoTokenizer
 from raylib.config import BUNDLED_MODEL, ConfigError, MlmJobConfig
 from raylib.data.masking import mask_tokens, pack_windows
 from raylib.models.nomic_bert import NomicBertConfig, NomicBertForMaskedLM
+from raylib.models.nomic_layouts import native_problems, save_native
 from raylib.models.spec import resolve_model_path
 from raylib.train.distributed import all_sum, set_threads
-from raylib.train.engine import TrainEngine, save_pretrained
+from raylib.train.engine import TrainEngine
 from raylib.train.harness import StepLoop, job_config
 from raylib.train.metrics import step_flops_per_token
 from raylib.train.streams import ShardStream, batched
@@ -27,6 +28,9 @@ def architecture(config: MlmJobConfig) -> NomicBertConfig:
     except (TypeError, ValueError, StrictDataclassError) as exc:  # the last line is the validator's own message
         message = str(exc).strip().splitlines()[-1].strip().removeprefix("ValueError: ")
         raise ConfigError(f"architecture: {message}") from None
+    problems = native_problems(model_config)
+    if problems:  # the published model would not open in transformers' nomic_bert
+        raise ConfigError(f"architecture: transformers' nomic_bert layout has no {'; '.join(problems)}")
     if config.seq_len > model_config.n_positions:
         raise ConfigError(f"seq_len: {config.seq_len} is longer than architecture.n_positions "
                           f"({model_config.n_positions}); lower seq_len")
@@ -91,10 +95,11 @@ def train_loop(loop_config: dict) -> None:
 
 
 def with_tokenizer(tokenizer):
-    """The export: the MLM model directory plus the tokenizer, so the contrastive job can start from it."""
+    """The export: the MLM model in transformers' native nomic_bert layout plus the tokenizer, so the
+    contrastive job (and AutoModel without our package) can start from it."""
 
     def export(module: torch.nn.Module, state: dict, directory: Path) -> None:
-        save_pretrained(module, state, directory)
+        save_native(module.config, state, directory, masked_lm=True)
         tokenizer.save_pretrained(directory)
 
     return export
