@@ -32,30 +32,39 @@ def test_mined_negatives_are_the_best_allowed_candidates(ray_session, embedder: 
     rows = docstring_training_rows(limit=200, negatives=0)
     pairs, extra = rows[:150], [row["document"] for row in rows[150:]]
     near_duplicate = pairs[0]["document"] + " "  # another text, but scores like the positive: must be filtered
+    candidates = list(dict.fromkeys([row["document"] for row in pairs] + extra + [near_duplicate]))
+    candidate_vectors = embedder.encode(candidates, "document")
+    # a second labelled positive of query 1, in a row of its own: the document that would be its best negative
+    scores = candidate_vectors @ embedder.encode([pairs[1]["query"]], "query")[0]
+    own = scores[candidates.index(pairs[1]["document"])]
+    paired = {row["document"] for row in pairs} - {pairs[1]["document"]}
+    second = max((text for text, score in zip(candidates, scores) if text in paired and score <= 0.95 * own),
+                 key=lambda text: scores[candidates.index(text)])
+    pairs = [*pairs, {"query": pairs[1]["query"], "document": second}]
     write_jsonl(tmp_path / "pairs" / "pairs.jsonl",
                 [{"query": row["query"], "document": row["document"]} for row in pairs]
                 + [{"query": "no document"}, {"query": "", "document": "empty query"}])
     write_jsonl(tmp_path / "corpus" / "docs.jsonl", [{"text": text} for text in [*extra, near_duplicate, ""]])
 
     summary = run_mining(mining_config(tmp_path))
-    assert (summary.pairs, summary.errors, len(summary.shards)) == (150, 3, 2)
+    assert (summary.pairs, summary.errors, len(summary.shards)) == (151, 3, 2)
     errors = [json.loads(line) for line in (tmp_path / "mined.errors.jsonl").read_text().splitlines()]
     assert len(errors) == 3 and all(error["error"] for error in errors)
     mined = [json.loads(line) for shard in sorted((tmp_path / "mined").glob("part-*.jsonl"))
              for line in shard.read_text().splitlines()]
     assert [(row["query"], row["document"]) for row in mined] == [(row["query"], row["document"]) for row in pairs]
 
-    candidates = list(dict.fromkeys([row["document"] for row in pairs] + extra + [near_duplicate]))
-    candidate_vectors = embedder.encode(candidates, "document")
-    for row in mined[:20]:
+    labelled = {(row["query"], row["document"]) for row in pairs}
+    for row in mined[:20] + mined[-1:]:
         query = embedder.encode([row["query"]], "query")[0]
         scores = candidate_vectors @ query
         positive = scores[candidates.index(row["document"])]
         allowed = {text: score for text, score in zip(candidates, scores)
-                   if text != row["document"] and score <= 0.95 * positive}
+                   if (row["query"], text) not in labelled and score <= 0.95 * positive}
         assert all(text in allowed for text in row["negatives"])  # ties may come in either order
         assert np.allclose([allowed[text] for text in row["negatives"]], sorted(allowed.values())[::-1][:K], atol=1e-5)
     assert near_duplicate not in mined[0]["negatives"] and summary.filtered >= 1
+    assert second not in mined[1]["negatives"]  # every labelled positive of the query is left out
     assert summary.short == sum(len(row["negatives"]) < K for row in mined)
 
     trainable = pairs_dataset(PairsDatasetConfig(name="mined", path=str(tmp_path / "mined")), K, 0.25)

@@ -1,9 +1,9 @@
 """Hard-negative mining: embed the pairs' queries and the candidate documents (in process, or with the Ray Data
 embed pipeline for large sets), find each query's nearest documents (exact chunked matmul, or faiss), keep the
-top k that are neither the positive nor score above max_positive_ratio x the positive's score (the
-positive-aware false-negative filter of NV-Retriever), and write (query, document, negatives) shards that the
-contrastive job reads; rows it cannot use go to <output>.errors.jsonl. Candidate vectors are held in memory,
-as a flat faiss index holds them."""
+top k that are neither a labelled positive of the query (in any row) nor score above max_positive_ratio x the
+positive's score (the positive-aware false-negative filter of NV-Retriever), and write (query, document,
+negatives) shards that the contrastive job reads; rows it cannot use go to <output>.errors.jsonl. Candidate
+vectors are held in memory, as a flat faiss index holds them."""
 
 import hashlib
 import json
@@ -78,13 +78,13 @@ def read_corpus(config: MineJobConfig) -> tuple[list[str], list[dict]]:
     return texts, bad
 
 
-def choose_negatives(scores: np.ndarray, candidates: np.ndarray, positive: int, positive_score: float, k: int,
+def choose_negatives(scores: np.ndarray, candidates: np.ndarray, positives: set[int], positive_score: float, k: int,
                      max_positive_ratio: float) -> tuple[list[int], int]:
-    """(up to k candidate indices best first, how many were dropped as too close to the positive): never the
-    positive itself, nothing scoring above max_positive_ratio x positive_score."""
+    """(up to k candidate indices best first, how many were dropped as too close to the positive): never one of
+    the query's labelled positives, nothing scoring above max_positive_ratio x positive_score."""
     chosen, dropped = [], 0
     for score, candidate in zip(scores, candidates):
-        if candidate == positive or candidate < 0:
+        if candidate in positives or candidate < 0:
             continue
         if score > max_positive_ratio * positive_score:
             dropped += 1
@@ -149,13 +149,16 @@ def run_mining(config: MineJobConfig) -> MiningSummary:
     scores, candidates = top_k(query_vectors, document_vectors, config.search_depth, config.search)
     row_of = {doc_id: row for row, doc_id in enumerate(documents)}
     texts = list(documents.values())
+    positives_of: dict[str, set[int]] = {}  # every document labelled a positive of the query, in any row
+    for pair in pairs:
+        positives_of.setdefault(pair["query"], set()).add(row_of[text_id(pair["document"])])
     summary = MiningSummary(pairs=len(pairs), errors=len(bad) + len(bad_corpus), output=config.output.path)
     triplets = []
     for index, pair in enumerate(pairs):
         positive = row_of[text_id(pair["document"])]
         positive_score = float(query_vectors[index] @ document_vectors[positive])
-        chosen, dropped = choose_negatives(scores[index], candidates[index], positive, positive_score,
-                                           config.negatives, config.max_positive_ratio)
+        chosen, dropped = choose_negatives(scores[index], candidates[index], positives_of[pair["query"]],
+                                           positive_score, config.negatives, config.max_positive_ratio)
         summary.filtered += dropped
         summary.short += len(chosen) < config.negatives
         triplets.append({**pair, "negatives": [texts[row] for row in chosen]})
