@@ -33,8 +33,11 @@ from raylib.models.embedder import Embedder
 from raylib.models.quantize import SCALAR, SCALAR_SCHEME, calibration_ranges
 from raylib.models.spec import ModelSpec, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
+from serve.chunking import mean_pool, windows
 from serve.openai_api import (
     ApiError,
+    EmbeddingRequest,
+    Inputs,
     QuantizationRequest,
     TokenizeRequest,
     check_token_ids,
@@ -121,6 +124,10 @@ class ServedModel:
     @property
     def vocab_size(self) -> int:
         return self.tokenize.vocab_size
+
+    def prefix_length(self, input_type: str) -> int:
+        """Tokens of the input type's prefix alone, without special tokens."""
+        return len(self.tokenize([""], input_type, special_tokens=False)[0])
 
 
 api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None, openapi_url=None)  # schema: behind the key
@@ -221,15 +228,7 @@ class EmbeddingsAPI:
             body = parse_request(await read_body(request, self.config.limits.max_body_bytes))
             model_name, served = self.served(body.model, body.dimensions)
             inputs = split_inputs(body.input, self.config.limits.max_inputs)
-            prompt_length = 0  # token-id inputs are used as they are
-            if inputs.texts is not None:
-                token_ids = await asyncio.to_thread(served.tokenize, inputs.texts, body.input_type, body.truncate)
-                prompt_length = served.tokenize.prompt_length(body.input_type)
-            else:
-                check_token_ids(inputs.token_ids, served.vocab_size)
-                token_ids = inputs.token_ids
-            token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
-            vectors = await self.ask(served.handle.embed, token_ids, prompt_length)
+            vectors, token_ids = await self.embed_inputs(served, body, inputs)
             vectors = shorten(vectors, body.dimensions, served.spec.normalize)
             ranges = None
             if body.encoding_format in SCALAR:
@@ -241,6 +240,27 @@ class EmbeddingsAPI:
         self.requests.inc(tags={"model": model_name, "status": "200"})
         self.tokens.inc(prompt_tokens, tags={"model": model_name})
         return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens, ranges))
+
+    async def embed_inputs(self, served: ServedModel, body: EmbeddingRequest,
+                           inputs: Inputs) -> tuple[np.ndarray, list[list[int]]]:
+        """(one vector per input, the token id rows embedded): inputs cut to max_length (or refused), or with
+        chunking mean split into windows whose vectors are pooled back into one per input (serve/chunking.py)."""
+        prompt_length = prefix_length = 0  # token-id inputs are used as they are
+        if inputs.texts is not None:
+            truncate = body.truncate and body.chunking == "none"
+            token_ids = await asyncio.to_thread(served.tokenize, inputs.texts, body.input_type, truncate)
+            prompt_length = served.tokenize.prompt_length(body.input_type)
+            prefix_length = served.prefix_length(body.input_type)
+        else:
+            check_token_ids(inputs.token_ids, served.vocab_size)
+            token_ids = inputs.token_ids
+        if body.chunking == "none":
+            token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
+            return await self.ask(served.handle.embed, token_ids, prompt_length), token_ids
+        token_ids, counts = windows(token_ids, served.spec.max_length, served.tokenize.special_ids, prefix_length,
+                                    self.config.limits.max_inputs)
+        vectors = await self.ask(served.handle.embed, token_ids, prompt_length)
+        return mean_pool(vectors, [len(ids) for ids in token_ids], counts, served.spec.normalize), token_ids
 
     async def calibration(self, model_name: str, served: ServedModel, dimensions: int | None) -> np.ndarray:
         """The int8/uint8 ranges of a model at `dimensions`, asked of a model replica once."""

@@ -40,7 +40,7 @@ class ApiError(Exception):
 
 
 class EmbeddingRequest(BaseModel):
-    """POST /v1/embeddings body: OpenAI's fields plus `input_type` and `truncate`."""
+    """POST /v1/embeddings body: OpenAI's fields plus `input_type`, `truncate` and `chunking`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +51,9 @@ class EmbeddingRequest(BaseModel):
     user: StrictStr | None = None
     input_type: Literal["query", "document"] = "document"
     truncate: bool = True  # False: an input longer than the model's max length is an error
+    # mean: an input longer than the model's max length is embedded as windows pooled into one vector
+    # (serve/chunking.py); `truncate` applies only to none
+    chunking: Literal["none", "mean"] = "none"
 
 
 class QuantizationRequest(BaseModel):

@@ -174,6 +174,53 @@ def test_long_input_is_truncated_unless_asked_not_to(client):
     assert result["usage"]["prompt_tokens"] == 256  # the bundled model's max_seq_length
 
 
+def chunked_by_hand(embedder, ids: list[int], head: int, dimensions: int) -> tuple[np.ndarray, list[list[int]]]:
+    """(vector, windows) of `ids` ([CLS] + prefix = `head` tokens, body, [SEP]) done by hand: head + body
+    pieces + [SEP] windows of max_length tokens, their vectors cut to `dimensions` and normalised as the
+    model does, mean weighted by window tokens, normalised."""
+    room = embedder.spec.max_length - head - 1
+    body = ids[head:-1]
+    windows = [ids[:head] + body[start:start + room] + ids[-1:] for start in range(0, len(body), room)]
+    rows = embedder.embed_tokens(windows)[:, :dimensions]
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    mean = np.average(rows, axis=0, weights=[len(window) for window in windows])
+    return mean / np.linalg.norm(mean), windows
+
+
+def test_chunking_mean_equals_pooling_max_length_windows_by_hand(client, embedder, documents):
+    text = " ".join(doc["text"] for doc in documents[:20])
+    ids = embedder.tokenize([text], truncate=False)[0]
+    expected, windows = chunked_by_hand(embedder, ids, 1, 384)
+    assert 2 < len(windows) <= 8 and embedder.spec.precision == "fp32"  # 8: the service's max_inputs
+    result = embed(client, input=text, model=MODEL, chunking="mean")
+    np.testing.assert_allclose(vectors(result)[0], expected, atol=1e-5)
+    assert result["usage"]["prompt_tokens"] == sum(map(len, windows))
+    from_ids = vectors(embed(client, input=ids, model=MODEL, chunking="mean"))[0]  # split the same way
+    np.testing.assert_allclose(from_ids, expected, atol=1e-5)
+    # the query prefix starts every window; dimensions cut the pooled vector
+    expected, _ = chunked_by_hand(embedder, embedder.tokenize(["query: " + text], truncate=False)[0], 3, 128)
+    as_query = embed(client, input=text, model=SMALL, input_type="query", chunking="mean", dimensions=64)
+    np.testing.assert_allclose(vectors(as_query)[0], expected[:64] / np.linalg.norm(expected[:64]), atol=1e-5)
+
+
+def test_chunking_leaves_a_short_text_as_it_is(client):
+    plain = embed(client, input="a short text fits one window")
+    chunked = embed(client, input="a short text fits one window", chunking="mean")
+    np.testing.assert_allclose(vectors(chunked), vectors(plain), atol=1e-6)
+    assert chunked["usage"] == plain["usage"]
+
+
+@pytest.mark.parametrize("body", [
+    {"input": "word " * 2500, "chunking": "mean"},  # 10 windows, past max_inputs: 8
+    {"input": ["word " * 600] * 3, "chunking": "mean"},  # 3 windows each
+    {"input": "x", "chunking": "max"},
+])
+def test_chunking_refuses_too_many_windows_and_unknown_values(client, body):
+    response = client.post("/v1/embeddings", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "chunking"
+
+
 def test_the_official_openai_client_works_unchanged(service, embedder):
     api = openai.OpenAI(base_url=f"{service}/v1", api_key=API_KEY)
     texts = ["the openai client asks for base64", "and decodes it itself"]
