@@ -6,8 +6,7 @@
 
 import sys
 
-from raylib.config import EmbedJobConfig, job_main
-from raylib.embed.run import run_embed
+from raylib.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], EmbedJobConfig, run_embed))
+    sys.exit(run_job("embed"))

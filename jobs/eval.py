@@ -6,8 +6,7 @@
 
 import sys
 
-from raylib.config import EvalJobConfig, job_main
-from raylib.eval.run import run_eval
+from raylib.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], EvalJobConfig, run_eval))
+    sys.exit(run_job("eval"))

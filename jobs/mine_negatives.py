@@ -6,8 +6,7 @@
 
 import sys
 
-from raylib.config import MineJobConfig, job_main
-from raylib.mine.run import run_mining
+from raylib.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], MineJobConfig, run_mining))
+    sys.exit(run_job("mine"))

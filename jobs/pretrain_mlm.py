@@ -6,8 +6,7 @@
 
 import sys
 
-from raylib.config import MlmJobConfig, job_main
-from raylib.train.run import run_mlm
+from raylib.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], MlmJobConfig, run_mlm))
+    sys.exit(run_job("pretrain"))

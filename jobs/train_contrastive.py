@@ -6,8 +6,7 @@
 
 import sys
 
-from raylib.config import ContrastiveJobConfig, job_main
-from raylib.train.run import run_contrastive
+from raylib.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(__doc__.splitlines()[0], ContrastiveJobConfig, run_contrastive))
+    sys.exit(run_job("train"))
