@@ -14,8 +14,8 @@ Items:
   grad_cache     a contrastive step with GradCache equals the plain step on the device with dropout on
   embed          the embed job with one GPU actor on the sample corpus: docs/s, vectors vs fp32 on the CPU (cos >= 0.999)
   serve          a serving replica with one GPU answering the OpenAI client: vectors vs the CPU's (cos >= 0.999)
-  deepspeed      the MLM job under DeepSpeed ZeRO-2 and ZeRO-3 (one worker per GPU): steps run, the export holds
-                 the trained weights
+  deepspeed      the MLM job under DeepSpeed ZeRO-2 and ZeRO-3 (one worker per GPU; --smoke: ZeRO-1 and ZeRO-3):
+                 steps run, the export holds the trained weights
 
 Ray (embed, serve, deepspeed): joins RAY_ADDRESS when set, else starts a local one. The other items need only torch
 and transformers, for a GPU machine where Ray is not installed.
@@ -70,12 +70,13 @@ class Size:
     documents: int | None  # of the sample corpus; None: all of it
     packed_kernel: str  # the packed backend set against padded SDPA
     gpus: float  # per embed actor, serving replica, training worker
+    zero_stages: tuple[int, ...]  # DeepSpeed stages run (the suite's tests run stage 2 on the CPU)
 
 
 GPU = Size("cuda", "bf16", layers=12, hidden=768, heads=12, seq=2048, batch=8, steps=10, documents=None,
-           packed_kernel="flash", gpus=1)
+           packed_kernel="flash", gpus=1, zero_stages=(2, 3))
 SMOKE = Size("cpu", "fp32", layers=2, hidden=64, heads=4, seq=64, batch=4, steps=2, documents=48,
-             packed_kernel="sdpa_unpadded", gpus=0)
+             packed_kernel="sdpa_unpadded", gpus=0, zero_stages=(1, 3))
 
 
 def synchronize(device: torch.device) -> None:
@@ -289,14 +290,14 @@ def serve(size: Size, scratch: Path) -> dict:
 
 
 def deepspeed(size: Size, scratch: Path) -> dict:
-    """The MLM job under DeepSpeed ZeRO-2 and ZeRO-3, one worker (one GPU), a few steps, and an export that holds
-    the trained weights."""
+    """The MLM job under DeepSpeed ZeRO (2 and 3 on a GPU; 1 and 3 in the smoke run), one worker (one GPU), a few
+    steps, and an export that holds the trained weights."""
     from raylib.train.engine import export_mismatches
     from raylib.train.run import run_mlm
 
     write_shards(sample_documents(400), scratch / "mlm-corpus", shards=2, fmt="jsonl")
     report = {"failed": []}
-    for stage in (2, 3):
+    for stage in size.zero_stages:
         name = f"zero{stage}"
         config = MlmJobConfig.model_validate({
             "data": {"path": str(scratch / "mlm-corpus")},

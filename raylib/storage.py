@@ -96,19 +96,21 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def publish_local(source: Path, target: Path, keep: int = 2) -> None:
+def publish_local(source: Path, target: Path) -> None:
     """Make `target` show a copy of the directory `source`, atomically: readers see the previous version or this
     one, whole, never a missing or half-copied directory. The copy goes to `<target>-<version>` and `target`
-    becomes a symbolic link to it, switched in one rename; the `keep` newest versions stay (a reader may still be
-    in the previous one), older ones are deleted. A `target` that is a plain directory (published before
-    versions) is moved aside first."""
-    versions = sorted(target.parent.glob(f"{target.name}-*"), key=lambda path: path.stat().st_mtime_ns)
+    becomes a symbolic link to it, switched in one rename; the previous version stays (a reader may still be in
+    it), older ones are deleted. A `target` that is a plain directory (published before versions) is moved aside
+    and kept as the previous version: that one switch leaves a moment without `target`."""
     version = target.with_name(f"{target.name}-{uuid.uuid4().hex[:12]}")
     shutil.copytree(source, version)
+    previous = target.readlink().name if target.is_symlink() else None
     if target.is_dir() and not target.is_symlink():
-        target.rename(target.with_name(f"{target.name}-{uuid.uuid4().hex[:12]}"))
+        previous = target.with_name(f"{target.name}-{uuid.uuid4().hex[:12]}").name
+        target.rename(target.with_name(previous))
     link = target.with_name(f".{target.name}-{uuid.uuid4().hex[:12]}.link")
     link.symlink_to(version.name, target_is_directory=True)
     os.replace(link, target)
-    for stale in versions[:max(0, len(versions) - (keep - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in target.parent.glob(f"{target.name}-*"):
+        if stale.name not in (version.name, previous):
+            shutil.rmtree(stale, ignore_errors=True)

@@ -22,7 +22,7 @@ from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port
 from raylib.storage import publish_local
-from raylib.train.engine import deepspeed_config, export_mismatches
+from raylib.train.engine import deepspeed_config
 from raylib.train.harness import TrainReports
 from raylib.train.record import claim_run
 from raylib.train.run import run_mlm
@@ -158,19 +158,6 @@ def test_two_workers_loss_falls_and_the_checkpoint_opens(ray_session, corpus, tm
     assert encoder.encode(["a question about files"]).shape == (1, trained.config.hidden_size)
 
 
-def test_fp16_trains_with_a_loss_scaler_that_the_checkpoint_keeps(ray_session, corpus, tmp_path):
-    """precision fp16 (what auto becomes on GPUs without bf16): autocast to fp16 with a dynamic loss scaler."""
-    result = run_mlm(job(corpus, tmp_path, "fp16", precision="fp16", optim={"max_steps": 16},
-                         checkpoint={"every_steps": 8}))
-    losses = [row["loss"] for row in logged(tmp_path, "fp16")]
-    assert len(losses) == 16 and all(math.isfinite(loss) for loss in losses)
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
-    state = torch.load(Path(result.checkpoint.path) / "training_state.pt", weights_only=True)
-    scale = state["scaler"]["scale"]
-    assert scale >= 1 and math.log2(scale).is_integer()  # a power of two, grown or backed off from 2**16
-    assert state["scaler"]["_growth_tracker"] > 0 or scale != 2.0 ** 16  # it took part in the steps
-
-
 def test_deepspeed_config_follows_the_resolved_precision():
     for precision in ("fp32", "bf16", "fp16"):
         config = deepspeed_config(OptimConfig(max_steps=1), StrategyConfig(kind="deepspeed"), 4, precision)
@@ -224,8 +211,12 @@ def test_publishing_a_model_is_atomic_for_readers(tmp_path):
     reader.start()
     for version in versions[1:]:
         publish_local(version, target)
+        reads = len(seen)
+        while len(seen) < reads + 2 and reader.is_alive():  # a read that began before this publish has ended:
+            time.sleep(0.001)  # at most one publish happens during any read (the previous version is kept)
     stop.set()
     reader.join()
+    assert len(seen) >= 10  # the reader never failed
     assert seen and all(len(parts) == 20 and len(set(parts)) == 1 for parts in seen), seen[:3]
     assert json.loads((target / "part-0.json").read_text())["version"] == 5
     assert len(list(target.parent.glob("model-*"))) == 2  # the newest two versions stay
@@ -248,8 +239,10 @@ def checkpoint_registered(run: Path) -> bool:
     return (run / "checkpoint_manager_snapshot.json").is_file()
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_session, corpus, tmp_path):
-    config = job(corpus, tmp_path, "killed", precision="bf16", batch_size=4,
+def test_killed_worker_resumes_from_checkpoint_in_fp16_with_its_loss_scaler(ray_session, corpus, tmp_path):
+    """A SIGKILLed worker: the group restarts from the latest checkpoint. In precision fp16 (what auto becomes on
+    GPUs without bf16): autocast to fp16 with a dynamic loss scaler, whose state the checkpoint keeps."""
+    config = job(corpus, tmp_path, "killed", precision="fp16", batch_size=4,
                  optim={"max_steps": 40}, checkpoint={"every_steps": 5})
     outcome = {}
     training = threading.Thread(target=lambda: outcome.update(result=run_mlm(config)))
@@ -268,8 +261,13 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, corpus, tmp_path):
     assert len(restarts) == 1, steps
     assert_resumed_from_a_checkpoint(steps[:restarts[0]], steps[restarts[0]], every=5)
     assert steps[-1] == 40
-    progress = json.loads((Path(outcome["result"].checkpoint.path) / "progress.json").read_text())
-    assert progress["step"] == 40
+    checkpoint = Path(outcome["result"].checkpoint.path)
+    assert json.loads((checkpoint / "progress.json").read_text())["step"] == 40
+    losses = [row["loss"] for row in logged(tmp_path, "killed")]
+    assert all(math.isfinite(loss) for loss in losses) and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    scaler = torch.load(checkpoint / "training_state.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] >= 1 and math.log2(scaler["scale"]).is_integer()  # grown or backed off from 2**16
+    assert scaler["_growth_tracker"] > 0 or scaler["scale"] != 2.0 ** 16  # it took part in the steps
 
 
 def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
@@ -287,16 +285,6 @@ def test_deepspeed_zero2_two_workers_and_resume(ray_session, corpus, tmp_path):
                          optim={"max_steps": 6, "grad_accum": 2}, checkpoint={"every_steps": 2}))
     steps = [row["step"] for row in logged(tmp_path, "zero2")]
     assert steps == [1, 2, 3, 4, 5, 6] and second.metrics["step"] == 6
-
-
-def test_deepspeed_zero_stage_1_trains_and_exports_the_full_weights(ray_session, corpus, tmp_path):
-    """Stage 3 (parameters partitioned, the export gathers them) runs in bench/gpu_check.py's smoke run
-    (tests/test_gpu_check.py) with the same comparison."""
-    strategy = {"kind": "deepspeed", "zero_stage": 1}
-    result = run_mlm(job(corpus, tmp_path, "zero1", strategy=strategy, batch_size=4, optim={"max_steps": 3},
-                         checkpoint={"every_steps": 3}))
-    assert result.metrics["step"] == 3
-    assert export_mismatches(Path(result.checkpoint.path)) == []  # the export holds the trained weights
 
 
 @pytest.mark.parametrize(
