@@ -12,7 +12,9 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow.fs as pafs
 
@@ -33,6 +35,66 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if is_remote(uri):
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+@dataclass(frozen=True)
+class ConditionalObject:
+    """One S3 object written only when it is as the writer last saw it (S3's conditional writes: If-None-Match
+    to create, If-Match on the ETag to replace), so two writers cannot both believe they wrote it last."""
+
+    client: object  # a boto3 S3 client
+    bucket: str
+    key: str
+
+    def read(self) -> tuple[bytes, str] | None:
+        """(content, ETag), or None when there is no such object."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return response["Body"].read(), response["ETag"]
+
+    def create(self, content: bytes) -> str | None:
+        """Write `content` if the object does not exist; its ETag, or None when it does exist."""
+        return self._put(content, IfNoneMatch="*")
+
+    def replace(self, content: bytes, etag: str) -> str | None:
+        """Write `content` if the object still has `etag`; the new ETag, or None when it changed or went away."""
+        return self._put(content, IfMatch=etag)
+
+    def delete(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def _put(self, content: bytes, **condition) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self.key, Body=content, **condition)["ETag"]
+        except ClientError as error:  # lost the race: changed (412), written at once (409) or gone (404)
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                               "NoSuchKey", "404"):
+                return None
+            raise
+
+
+def conditional_object(uri: str, name: str) -> ConditionalObject | None:
+    """Object `name` in the directory at an s3:// URI (credentials, endpoint_override, scheme and region read from the URI as pyarrow
+    reads them, else boto3's own chain), or None for other URIs, whose stores offer no conditional write here."""
+    parts = urlsplit(uri)
+    if parts.scheme != "s3":
+        return None
+    import boto3
+
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    endpoint = query.get("endpoint_override")
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=query.get("region"),
+        aws_access_key_id=unquote(parts.username) if parts.username else None,
+        aws_secret_access_key=unquote(parts.password) if parts.password else None,
+    )
+    return ConditionalObject(client, parts.hostname or "", posixpath.join(parts.path.lstrip("/"), name))
 
 
 def cache_dir() -> Path:

@@ -5,6 +5,7 @@ metrics reach the bucket. (The MLM job with its data and checkpoints in a bucket
 import fcntl
 import json
 import threading
+import time
 
 import boto3
 import numpy as np
@@ -14,11 +15,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from raylib.config import CheckpointConfig, ConfigError
+from raylib.config import CheckpointConfig, ConfigError, JobError
 from raylib.embed.run import run_embed
+from raylib.embed.store import LEASE_FILE, OutputStore
 from raylib.models.embedder import Embedder
 from raylib.models.spec import fetch_weights, resolve_model_path, resolve_spec
-from raylib.storage import copy_location, local_copy, remote_files
+from raylib.storage import conditional_object, copy_location, local_copy, remote_files
 from raylib.train.metrics import MetricsLog
 from tests.test_embed_pipeline import job_config
 
@@ -158,3 +160,32 @@ def test_training_metrics_are_copied_to_the_bucket_and_a_restarted_run_continues
             {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
     events = fs.get_file_info(pafs.FileSelector("metrics/runs/run/tensorboard"))
     assert len([info for info in events if "tfevents" in info.path]) == 2  # one file per writer
+
+
+def test_an_s3_output_lease_is_taken_by_conditional_writes_one_run_at_a_time(s3):
+    endpoint, fs = s3
+    fs.create_dir("leases")
+    uri = f"s3://{SECRET}@leases/out?endpoint_override={endpoint}"
+    lease_object = conditional_object(uri, LEASE_FILE)
+    with OutputStore(uri).lease(2.0) as first:
+        assert first.etag == lease_object.read()[1]  # made by a create-if-absent write, no settle wait
+        with pytest.raises(ConfigError, match="being written by another run") as error:
+            OutputStore(uri).lease(2.0).__enter__()
+        assert SECRET not in str(error.value)
+        time.sleep(1.5)  # heartbeats replace the lease only if it is still the one this run wrote
+        assert first.etag == lease_object.read()[1] and not first.lost
+        # another writer changes the lease in between (a run that took it over): the next heartbeat loses it
+        assert lease_object.replace(b'{"owner": "other", "heartbeat": 0}', first.etag)
+        time.sleep(1.0)
+        assert first.lost
+        with pytest.raises(JobError, match="took over"):
+            first.check()
+
+    # a stale lease (its run was killed) is taken over, by exactly one of two runs racing for it
+    stale_etag = lease_object.read()[1]
+    assert lease_object.replace(b'{"owner": "racer", "heartbeat": 1}', stale_etag)
+    assert lease_object.replace(b'{"owner": "loser", "heartbeat": 1}', stale_etag) is None
+    assert lease_object.create(b"{}") is None  # create-if-absent refuses an existing lease
+    with OutputStore(uri).lease(2.0) as taker:  # "racer"'s heartbeat is decades old: stale, taken over
+        assert json.loads(lease_object.read()[0])["owner"] == taker.record["owner"]
+    assert lease_object.read() is None  # released at the end

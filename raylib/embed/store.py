@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raylib.config import ConfigError, JobError
-from raylib.storage import locked, resolve
+from raylib.storage import conditional_object, locked, redact, resolve
 
 JOB_FILE = "_job.json"
 LEASE_FILE = "_lease.json"
@@ -189,29 +189,35 @@ class OutputLease:
     """One run at a time per output directory: a lease file naming its owner, refreshed by a heartbeat thread.
 
     A lease whose heartbeat is older than `timeout_s` belongs to a run that died (kill -9) and is taken over.
-    Checking and taking it is one step: on a local disk under a file lock; on an object store (no exclusive
-    create through pyarrow) the lease is written, then read back after SETTLE_S to see whose it is."""
+    Checking and taking it is one step: on a local disk under a file lock; on S3 by conditional writes (created
+    only if absent, taken over or refreshed only if unchanged since read); on other object stores (no
+    exclusive create through pyarrow) the lease is written, then read back after SETTLE_S to see whose it is."""
 
     def __init__(self, store: OutputStore, timeout_s: float):
         self.store, self.timeout_s = store, timeout_s
         self.path = store._path(LEASE_FILE)
+        self.conditional = conditional_object(store.uri, LEASE_FILE) if not store.local else None
         self.record = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.etag: str | None = None  # S3: the lease object's ETag as this run last wrote it
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="output-lease", daemon=True)
 
     def __enter__(self) -> OutputLease:
         self.store.fs.create_dir(self.store.root, recursive=True)
-        exclusive = locked(Path(self.path).with_suffix(".lock")) if self.store.local else contextlib.nullcontext()
-        with exclusive:
-            current = self.store._read_json(self.path)  # None also for a lease left half-written
-            if current is not None and time.time() - current.get("heartbeat", 0) <= self.timeout_s:
-                self._refuse(current)
-            self._write()
-        if not self.store.local:
-            time.sleep(SETTLE_S)
-            if not self._owned():
-                self._refuse(self.store._read_json(self.path) or {})
+        if self.conditional:
+            self._take_conditionally()
+        else:
+            exclusive = locked(Path(self.path).with_suffix(".lock")) if self.store.local else contextlib.nullcontext()
+            with exclusive:
+                current = self.store._read_json(self.path)  # None also for a lease left half-written
+                if current is not None and self._fresh(current):
+                    self._refuse(current)
+                self._write()
+            if not self.store.local:
+                time.sleep(SETTLE_S)
+                if not self._owned():
+                    self._refuse(self.store._read_json(self.path) or {})
         self._thread.start()
         return self
 
@@ -226,16 +232,41 @@ class OutputLease:
         if self.lost:
             raise JobError(f"another run took over {self.store.uri} while this one ran; run the job again")
 
+    def _fresh(self, holder: dict) -> bool:
+        return time.time() - holder.get("heartbeat", 0) <= self.timeout_s
+
+    def _payload(self) -> bytes:
+        return json.dumps({**self.record, "heartbeat": time.time()}).encode()
+
+    def _take_conditionally(self) -> None:
+        """S3: create the lease if there is none, or replace a stale one if it is still the one read; a run
+        that loses either race reads the winner's lease and refuses."""
+        current = self.conditional.read()
+        if current is None:
+            self.etag = self.conditional.create(self._payload())
+        else:
+            holder = _json_or_empty(current[0])
+            if holder and self._fresh(holder):
+                self._refuse(holder)
+            self.etag = self.conditional.replace(self._payload(), current[1])
+        if self.etag is None:
+            winner = self.conditional.read()
+            self._refuse(_json_or_empty(winner[0]) if winner else {})
+
     def _write(self) -> None:
-        payload = json.dumps({**self.record, "heartbeat": time.time()}).encode()
-        if not self.store.local:
+        payload = self._payload()
+        if self.conditional:
+            self.etag = self.conditional.replace(payload, self.etag)
+            if self.etag is None:
+                raise LeaseTaken
+        elif not self.store.local:
             with self.store.fs.open_output_stream(self.path) as out:  # an object store's put is atomic
                 out.write(payload)
-            return
-        partial = f"{self.path}.{self.record['owner']}"
-        with open(partial, "wb") as out:
-            out.write(payload)
-        os.replace(partial, self.path)
+        else:
+            partial = f"{self.path}.{self.record['owner']}"
+            with open(partial, "wb") as out:
+                out.write(payload)
+            os.replace(partial, self.path)
 
     def _owned(self) -> bool:
         return (self.store._read_json(self.path) or {}).get("owner") == self.record["owner"]
@@ -243,7 +274,7 @@ class OutputLease:
     def _refuse(self, holder: dict) -> None:
         age = time.time() - holder.get("heartbeat", time.time())
         raise ConfigError(
-            f"output.path: {self.store.uri} is being written by another run (host {holder.get('host')}, pid "
+            f"output.path: {redact(self.store.uri)} is being written by another run (host {holder.get('host')}, pid "
             f"{holder.get('pid')}, heartbeat {age:.0f} s ago); wait for it to finish or use another output.path "
             f"(a run that died is taken over {self.timeout_s:g} s after its last heartbeat)"
         )
@@ -259,10 +290,24 @@ class OutputLease:
                     return
                 self._write()
                 last = time.monotonic()
+            except LeaseTaken:
+                self.lost = True
+                return
             except Exception:  # noqa: BLE001 -- storage hiccups: retried until timeout_s
                 if time.monotonic() - last > self.timeout_s:
                     self.lost = True
                     return
+
+
+class LeaseTaken(Exception):
+    """S3: the lease object changed since this run wrote it: another run took it over."""
+
+
+def _json_or_empty(content: bytes) -> dict:
+    try:
+        return json.loads(content)
+    except ValueError:  # a lease left half-written by a store without atomic puts
+        return {}
 
 
 def _fsync(path: str) -> None:
