@@ -16,9 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/python -m raylib.data.sample_corpus --out examples/data/docs --shards 4 --limit 2000
-	rm -rf out/embeddings
+	rm -rf out/embeddings out/index
 	$(BIN)/python jobs/embed.py --config jobs/configs/embed.yaml
-	$(BIN)/python examples/search.py --embeddings out/embeddings --corpus examples/data/docs --query "$(QUERY)"
+	$(BIN)/raylib search --index out/index --query "$(QUERY)" --top 5
 
 test: install
 	$(BIN)/python -m pytest -q --durations=15

@@ -7,4 +7,5 @@ floors below it (pyproject.toml's [tool.importlinter], checked by the tests):
     models/              plain PyTorch + transformers: model directories, encoders, pooling, LoRA, tokenizer
     config.py runtime.py typed YAML configs with one-line errors; embedded Ray or RAY_ADDRESS
     storage.py           local paths and object-storage URIs (s3://, gs://), local copies of remote directories
+    console.py           what a person sees: Ray's output into a job's log file, the terminal kept for progress
 """

@@ -3,6 +3,7 @@
     raylib embed --config jobs/configs/embed.yaml     # likewise pretrain, train, mine, eval
     raylib embed --help                               # every config key: type, default, comment
     raylib config embed > my.yaml                     # a commented starter config
+    raylib search --index out/index --query "..."     # the nearest documents in the table the embed job indexed
 
 jobs/<job>.py call `run_job`, the CLI calls `launch`; both end in `raylib.config.job_main` (one-line errors,
 exit 2 on a bad config). Config key comments are read from raylib/config.py's source, where they stay beside
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from raylib.config import (
+    ConfigError,
     ContrastiveJobConfig,
     EmbedJobConfig,
     EvalJobConfig,
@@ -35,6 +37,8 @@ from raylib.config import (
     MlmJobConfig,
     job_main,
 )
+from raylib.console import VERBOSE_HELP
+from raylib.recipe.config import RecipeConfig
 
 STARTERS = Path(__file__).resolve().parents[1] / "jobs" / "configs"  # the shipped, commented example configs
 
@@ -62,6 +66,8 @@ JOBS = {
                 MineJobConfig, "raylib.mine.run:run_mining", "mine_negatives_cpu.yaml"),
     "eval": Job("Retrieval evaluation (NDCG@10, MRR@10, recall@1/10/100) of models, checkpoints or context lengths.",
                 EvalJobConfig, "raylib.eval.run:run_eval", "eval.yaml"),
+    "recipe": Job("Run a recipe: pairs, pretrain, train, mine and eval stages as one chain; finished stages are skipped.",
+                  RecipeConfig, "raylib.recipe.run:run_recipe", "../recipes/nomic_embed_cpu.yaml"),
 }
 
 
@@ -157,24 +163,75 @@ def job_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argp
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", required=True, metavar="FILE",
                         help=f"YAML config file (`raylib config {name}` prints a commented starter)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
 
-def launch(name: str, config: str) -> int:
+def launch(name: str, config: str, verbose: bool = False) -> int:
     """Load `config` and run job `name`'s driver; the process's exit code (2: bad config)."""
     job = JOBS[name]
-    return job_main(job.description, job.schema, job.run, ["--config", config])
+    argv = ["--config", config, "--verbose"] if verbose else ["--config", config]
+    return job_main(job.description, job.schema, job.run, argv, name=name)
 
 
 def run_job(name: str, argv: list[str] | None = None) -> int:
     """The entrypoint of jobs/<job>.py: parse its arguments and launch it."""
-    return launch(name, job_parser(name).parse_args(argv).config)
+    args = job_parser(name).parse_args(argv)
+    return launch(name, args.config, args.verbose)
 
 
 def starter(name: str) -> str:
     """The commented starter config of job `name`: its shipped example."""
     return f"# raylib {name} --config FILE; `raylib {name} --help` lists every key\n" + \
         (STARTERS / JOBS[name].starter).read_text()
+
+
+SEARCH_HELP = "nearest documents to a query in the table an embed job indexed (its index: section)"
+
+
+def search_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--index URI --query TEXT [--top N] [--filter SQL] [--table NAME]`."""
+    parser.description = (SEARCH_HELP[0].upper() + SEARCH_HELP[1:] + ". The query is embedded with the model "
+                          "settings the job recorded with the table (model, pooling, prefix, dimensions).")
+    parser.add_argument("--index", required=True, metavar="URI", help="the LanceDB database: the config's index.path")
+    parser.add_argument("--query", required=True, help="the text to search for")
+    parser.add_argument("--top", type=_positive, default=10, metavar="N", help="results to print (default 10)")
+    parser.add_argument("--filter", metavar="SQL",
+                        help="a Lance SQL filter on the stored columns, e.g. \"lang = 'en'\"")
+    parser.add_argument("--table", default="documents", help="the config's index.table (default documents)")
+    return parser
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
+def search(args: argparse.Namespace) -> int:
+    """Print the ranked ids, scores and stored text of `args.query`'s nearest rows; errors are one line, exit 2."""
+    from transformers.utils import logging as transformers_logging
+
+    from raylib.embed.index import open_index  # torch and LanceDB load only for this command
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar above the results
+
+    try:
+        index = open_index(args.index, args.table)
+        (found,) = index.search([args.query], args.top, args.filter)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:  # LanceDB's answer to a filter it cannot parse or apply
+        print(f"error: --filter: {str(exc).strip().splitlines()[0][:300]}; fix the SQL expression", file=sys.stderr)
+        return 2
+    ids, text = found.column(index.record["id_column"]).to_pylist(), index.record.get("text_column")
+    texts = found.column(text).to_pylist() if text else [""] * len(ids)
+    print(f"query: {args.query}")
+    for rank, (doc_id, score, body) in enumerate(zip(ids, found.column("score").to_pylist(), texts), start=1):
+        first_line = next((line.strip() for line in (body or "").splitlines() if line.strip()), "")
+        print(f"{rank:>3}. {score:.3f}  {doc_id}  {first_line[:100]}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, job in JOBS.items():
         job_parser(name, commands.add_parser(name, help=job.description))
     commands.add_parser("config", help="print a commented starter config for a job").add_argument("job", choices=JOBS)
+    search_parser(commands.add_parser("search", help=SEARCH_HELP))
     args = parser.parse_args(argv)
+    if args.command == "search":
+        return search(args)
     if args.command != "config":
-        return launch(args.command, args.config)
+        return launch(args.command, args.config, args.verbose)
     try:
         print(starter(args.job), end="")
     except OSError as exc:

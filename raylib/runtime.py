@@ -7,10 +7,13 @@ import socket
 
 import ray
 
+from raylib import console
+
 
 def init_ray(log_to_driver: bool = True, **local_options) -> None:
     """Connect to RAY_ADDRESS when set, else start embedded Ray with `local_options`; no-op when connected.
-    log_to_driver False keeps the workers' output off this process's stdout."""
+    log_to_driver False keeps the workers' output off this process's stdout. Inside a job's log
+    (raylib/console.py), Ray is stopped as the job ends, so that what its shutdown prints goes to the log too."""
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
@@ -18,6 +21,7 @@ def init_ray(log_to_driver: bool = True, **local_options) -> None:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:  # a new instance even when another Ray runs on this host
         ray.init(address="local", log_to_driver=log_to_driver, **local_options)
+    console.on_leave(ray.shutdown)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

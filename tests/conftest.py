@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -74,3 +75,22 @@ def assert_resumed_from_a_checkpoint(before: list[int], resumed_at: int, every: 
     """A restarted run went on from a checkpoint the failed one saved (not from step 0, not past the failure):
     `before` holds the steps logged before the restart."""
     assert 1 < resumed_at <= before[-1] + 1 and (resumed_at - 1) % every == 0, (before, resumed_at)
+
+
+# The start of a script run by `python -I` from outside the repository, the editable install's finders removed:
+# raylib (and tests) cannot be imported, as on a machine that only has the model directory.
+WITHOUT_RAYLIB = """
+import importlib.util, sys
+sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_hooks = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+assert importlib.util.find_spec("raylib") is None and importlib.util.find_spec("tests") is None
+"""
+
+
+def run_without_raylib(script: str, *args: str, cwd: Path) -> None:
+    """Run WITHOUT_RAYLIB + `script` with `args` in `cwd` (offline); fails the test with its stderr."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "hf_modules")}
+    done = subprocess.run([sys.executable, "-I", "-c", WITHOUT_RAYLIB + script, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -3,6 +3,7 @@ one-line errors."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
@@ -29,6 +30,19 @@ def test_embed_runs_end_to_end_on_ray(ray_session, tmp_path, documents):
     assert "rows=20 errors=0" in done.stdout.strip().splitlines()[-1]
     ids = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().column("id").to_pylist()
     assert sorted(ids) == sorted(doc["id"] for doc in documents[:20])
+
+    # quiet: the summary, progress lines (a non-terminal gets one at most every 30 s) and the log file's name
+    assert done.stdout.count("\n") == 1, done.stdout
+    *progress, named = done.stderr.splitlines()
+    assert all(line.startswith("embedding: ") for line in progress), done.stderr
+    log = Path(named.split()[1])
+    assert named.startswith("log: ") and log.name.startswith("raylib-embed-"), done.stderr
+    assert "core_worker.cc" in log.read_text()  # the driver's native stderr, caught too
+    log.unlink()
+
+    verbose = raylib("embed", "--config", str(tmp_path / "embed.yaml"), "--verbose", env={"RAY_ADDRESS": ray_session})
+    assert verbose.returncode == 0 and "skipped=1" in verbose.stdout, verbose.stderr[-3000:]
+    assert "Connect" in verbose.stderr and "log: " not in verbose.stderr  # Ray's own lines, here
 
 
 def test_job_help_lists_nested_keys_with_type_default_and_comment():

@@ -1,7 +1,7 @@
-"""Contrastive training on Ray Train (2 workers). The Nomic recipe on the bundled model: held-out NDCG@10
-rises, the result opens in sentence-transformers and our Embedder with the same vectors, bad rows are counted.
-The NV-Embed recipe on a tiny Mistral (the shipped CPU config): two stages, LoRA, latent attention, GradCache;
-only adapters and the head train, and the exported model gives the training model's vectors."""
+"""Contrastive training on Ray Train (2 workers). The NV-Embed recipe on a tiny Mistral (the shipped CPU config):
+two stages, LoRA, latent attention, GradCache; only adapters and the head train, and the exported model gives the
+training model's vectors. Bad configs fail before training. (The Nomic recipe runs end to end in test_recipe.py:
+held-out NDCG@10 rises, the export opens in sentence-transformers with our vectors, bad rows are counted.)"""
 
 import json
 from pathlib import Path
@@ -13,22 +13,17 @@ import yaml
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from raylib.config import ContrastiveJobConfig, EmbedderConfig, job_main
+from raylib.config import ContrastiveJobConfig, job_main
 from raylib.data.sample_sets import (
     docstring_classification_rows,
-    docstring_set,
     docstring_training_rows,
 )
-from raylib.eval.retrieval import evaluate
 from raylib.models.embedder import Embedder, pad_token_ids
 from raylib.models.spec import resolve_spec
 from raylib.models.tiny_decoder import write_tiny_decoder
 from raylib.train.contrastive import build_biencoder, dataset_tokenizers
 from raylib.train.run import run_contrastive
 from tests.conftest import ROOT, write_jsonl
-
-BAD_ROWS = [{"query": "no document"}, {"query": "", "document": "empty query", "negatives": ["x"]},
-            {"query": "no negatives", "document": "a body", "negatives": []}]
 
 
 def job(pairs: Path, storage: Path, **changes) -> ContrastiveJobConfig:
@@ -42,24 +37,6 @@ def job(pairs: Path, storage: Path, **changes) -> ContrastiveJobConfig:
         **changes,
     }
     return ContrastiveJobConfig.model_validate(config)
-
-
-def test_finetuning_raises_held_out_ndcg_and_exports_a_sentence_transformer(ray_session, tmp_path):
-    write_jsonl(tmp_path / "pairs" / "pairs.jsonl", BAD_ROWS + docstring_training_rows(limit=1200, negatives=1))
-    result = run_contrastive(job(tmp_path / "pairs", tmp_path / "runs"))
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "finetune" / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, 16)) and rows[-1]["bad_rows"] >= len(BAD_ROWS)
-
-    trained = Path(result.checkpoint.path) / "model"
-    held_out = docstring_set(limit=150)  # the eval split: no docstring of it was trained on
-    before = evaluate(held_out, EmbedderConfig(), search="exact")["ndcg@10"]
-    after = evaluate(held_out, EmbedderConfig(path=str(trained)), search="exact")["ndcg@10"]
-    assert after > before + 0.01, (before, after)
-
-    texts = list(held_out.corpus.values())[:8]
-    ours = Embedder(resolve_spec(path=str(trained))).encode(texts)
-    theirs = SentenceTransformer(str(trained), device="cpu").encode(texts, normalize_embeddings=True)
-    assert np.min(np.sum(ours * theirs, axis=1)) >= 0.9999
 
 
 @pytest.mark.parametrize("change, message", [

@@ -82,6 +82,7 @@ def test_embed_job_through_ray_job_submit(head_node, tmp_path, documents):
     done = submit(address, env, config)
     assert "succeeded" in done.stdout, done.stdout + done.stderr
     assert "embedded rows=60 errors=0" in done.stdout
+    assert "log: /" in done.stdout and "core_worker" not in done.stdout  # the driver's Ray lines: in its log file
     assert len(pads.dataset(str(tmp_path / "out"), format="parquet").to_table()) == 60
 
     config.write_text("input: {path: /no/such/input}\noutput: {path: /tmp/unused}\n")

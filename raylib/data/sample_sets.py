@@ -8,6 +8,7 @@
   first 512 tokens. Queries are labelled with how deep (in characters) their answer starts.
 """
 
+import functools
 import hashlib
 from collections import defaultdict
 
@@ -30,14 +31,20 @@ def summary_and_body(text: str) -> tuple[str, str] | None:
     return summary, body
 
 
-def docstring_pairs(split: str) -> list[tuple[str, str, str]]:
-    """(id, summary, body) of the sample corpus's docstrings in `split` (train | eval), in a fixed order."""
-    pairs = []
+@functools.cache
+def _docstring_pairs() -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """Both splits, read from source once per process."""
+    pairs: dict[str, list] = {"train": [], "eval": []}
     for row in sample_documents():
         parts = summary_and_body(row["text"])
-        if parts and not row["id"].startswith("pydoc:") and _split_of(row["id"]) == split:
-            pairs.append((row["id"], *parts))
-    return pairs
+        if parts and not row["id"].startswith("pydoc:"):
+            pairs[_split_of(row["id"])].append((row["id"], *parts))
+    return {split: tuple(rows) for split, rows in pairs.items()}
+
+
+def docstring_pairs(split: str) -> tuple[tuple[str, str, str], ...]:
+    """(id, summary, body) of the sample corpus's docstrings in `split` (train | eval), in a fixed order."""
+    return _docstring_pairs()[split]
 
 
 def docstring_set(limit: int | None = None) -> RetrievalSet:

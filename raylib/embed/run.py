@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.compute as pc
 import ray
 
-from raylib.config import ConfigError, EmbedJobConfig, JobError
+from raylib.config import ComputeConfig, ConfigError, EmbedJobConfig, JobError
 from raylib.data.sources import (
     InputPlan,
     file_digest,
@@ -29,6 +29,8 @@ from raylib.data.sources import (
 )
 from raylib.embed.actor import embed_with_actors
 from raylib.embed.calibrate import output_ranges
+from raylib.embed.index import check_index, write_index
+from raylib.embed.progress import EmbedProgress
 from raylib.embed.store import OutputStore
 from raylib.embed.tokenize import tokenize_piece
 from raylib.embed.unique import remove_duplicates
@@ -56,6 +58,12 @@ class EmbedSummary:
     removed_pieces: int = 0  # committed pieces of files that changed or went away since, removed
     duplicates: list[dict] = field(default_factory=list)  # rows removed: an earlier row holds their id
     unreadable: dict[str, str] = field(default_factory=dict)  # key: where and why
+    index: str | None = None  # the index step's line (index.py), when the config has an index: section
+    # what a cluster owner pays: the model actors, the CPUs and GPUs the stages hold, the seconds they ran
+    actors: int = 0
+    cpus: float = 0.0
+    gpus: float = 0.0
+    embed_seconds: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -66,7 +74,7 @@ class EmbedSummary:
         line = (
             f"embedded rows={self.rows} errors={self.errors} pieces={self.pieces} skipped={self.skipped_pieces} "
             f"removed={self.removed_pieces} duplicates={len(self.duplicates)} seconds={self.seconds:.1f} rows/s={self.rows / rate:.1f} "
-            f"tokens/s={self.tokens / rate:.0f} output={redact(self.output)}"
+            f"tokens/s={self.tokens / rate:.0f} {self.cost()}output={redact(self.output)}"
         )
         if self.duplicates:
             line += (f"\nduplicate ids: {len(self.duplicates)} later rows removed, the first of each id kept (e.g. "
@@ -76,7 +84,20 @@ class EmbedSummary:
             first = next(iter(self.unreadable.values()))
             line += (f"\nfinished with unreadable inputs: {len(self.unreadable)} (e.g. {first}); listed in "
                      f"{redact(self.output)}/_errors/*.unreadable.jsonl; fix or remove them and run again")
+        if self.index:
+            line += f"\n{self.index}"
         return line
+
+    def cost(self) -> str:
+        """`key=value ` figures for sizing a cluster, over the seconds the Ray Data chain ran (model loads
+        included): rows/s per model actor, tokens per CPU-second (and GPU-second) the stages held."""
+        seconds = self.embed_seconds or 1e-9
+        cost = (f"embed_seconds={self.embed_seconds:.1f} actors={self.actors} "
+                f"rows/s/actor={self.rows / seconds / max(self.actors, 1):.1f} cpus={self.cpus:g} "
+                f"tokens/cpu-s={self.tokens / seconds / (self.cpus or 1):.0f} ")
+        if self.gpus:
+            cost += f"gpus={self.gpus:g} tokens/gpu-s={self.tokens / seconds / self.gpus:.0f} "
+        return cost
 
 
 def _settings(config: EmbedJobConfig, model: str) -> dict:
@@ -95,12 +116,16 @@ def _settings(config: EmbedJobConfig, model: str) -> dict:
     return {key: redact(value) if key.endswith(".path") else value for key, value in settings.items()}
 
 
+def _stage_cpus(compute: ComputeConfig) -> float:
+    """The CPUs the stages hold at least: the model actors, a tokenising task and a writer."""
+    return compute.actors * compute.cpus_per_actor + compute.tokenizer_cpus + compute.writer_cpus
+
+
 def _check_resources(config: EmbedJobConfig) -> None:
     """On embedded Ray, fail early when the stages cannot all be scheduled on this machine."""
     if os.environ.get("RAY_ADDRESS"):
         return  # a cluster may autoscale to fit
-    compute = config.compute
-    needed = compute.actors * compute.cpus_per_actor + compute.tokenizer_cpus + compute.writer_cpus
+    needed = _stage_cpus(config.compute)
     available = ray.cluster_resources().get("CPU", 0)
     if needed > available:
         raise ConfigError(
@@ -137,6 +162,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     fs, files = list_input_files(config.input)
     max_rows = PIECE_OUTPUT_BYTES // vector_bytes(config.output.dtype, spec.dimensions)
     plan = plan_input(fs, files, config.input, max_rows=max_rows)
+    check_index(config, spec, fs, files)
     store = OutputStore(config.output.path)
     with store.lease(config.output.lease_timeout_s) as lease:
         store.claim(_settings(config, model_fingerprint(spec)))
@@ -147,16 +173,19 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
         init_ray()
         _check_resources(config)
         totals = {"rows": 0, "errors": 0, "tokens": 0}
+        embedding = time.perf_counter()
         if todo:
             ranges = output_ranges(store, plan.pieces, config, tokenizer)
             lease.check()
             totals = _embed(todo, config, tokenizer, ranges, spec.dimensions)
+        embed_seconds = time.perf_counter() - embedding
         lease.check()
         committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
         duplicates = remove_duplicates(store, config.input.id_column, committed,
                                        len(committed) * min(max_rows, config.input.rows_per_piece),
                                        config.compute.writer_cpus)
         lease.check()
+        index = write_index(config, spec, store, plan.pieces) if config.index else None
 
     unreadable = store.unreadable()
     missing = {piece.key for piece in plan.pieces} - store.finished() - unreadable.keys()
@@ -167,7 +196,9 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     return EmbedSummary(
         rows=totals["rows"], errors=totals["errors"], tokens=totals["tokens"], pieces=len(plan.pieces),
         skipped_pieces=len(plan.pieces) - len(todo), seconds=time.perf_counter() - started,
-        output=store.uri, removed_pieces=len(stale), duplicates=duplicates, unreadable=unreadable,
+        output=store.uri, removed_pieces=len(stale), duplicates=duplicates, unreadable=unreadable, index=index,
+        actors=config.compute.actors, cpus=_stage_cpus(config.compute),
+        gpus=config.compute.actors * config.compute.gpus_per_actor, embed_seconds=embed_seconds,
     )
 
 
@@ -191,7 +222,9 @@ def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer, range
         )
     )
     totals = {"rows": 0, "errors": 0, "tokens": 0}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for key in totals:
-            totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
+    with EmbedProgress(todo) as progress:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for key in totals:
+                totals[key] += int(pc.sum(batch.column(key)).as_py() or 0)
+            progress.add(batch)
     return totals

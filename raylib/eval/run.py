@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raylib import console
 from raylib.config import EvalJobConfig
 from raylib.data.beir import RetrievalSet, load_beir
 from raylib.data.sample_sets import docstring_set, long_context_set
@@ -75,7 +76,7 @@ def run_eval(config: EvalJobConfig) -> EvalSummary:
             results.append({"model": entry.name, **row})
             scores = " ".join(f"{name}={value:.4f}" for name, value in row.get("all", {}).items())
             print(f"eval model={entry.name} max_length={row['max_length']} {scores or row.get('skipped')} "
-                  f"seconds={time.perf_counter() - started:.1f}")
+                  f"seconds={time.perf_counter() - started:.1f}", file=console.stdout(), flush=True)
     summary = {"data": config.data.model_dump(), "documents": len(data.corpus), "queries": len(data.queries),
                "results": results}
     (output / "results.json").write_text(json.dumps(summary, indent=2))

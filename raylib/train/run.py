@@ -31,7 +31,7 @@ from raylib.storage import publish_local, redact, resolve
 from raylib.train import contrastive, mlm
 from raylib.train.harness import train_loop_config
 from raylib.train.metrics import run_dir, run_uri
-from raylib.train.record import claim_run
+from raylib.train.record import claim_run, record_published
 
 
 @dataclass
@@ -113,15 +113,19 @@ def build_trainer(loop, loop_config: dict, scaling: ScalingConfig, checkpoint: C
 def train_on_ray(loop: Callable[[dict], None], config: TrainingJobConfig,
                  datasets: Callable[[], dict], verb: str, fields: tuple[str, ...]) -> TrainSummary:
     """Start or join Ray, run `loop` on the configured workers over `datasets()` (built once Ray runs), and
-    publish the model. A re-run under the same name must be the same training (record.py)."""
+    publish the model. A re-run under the same name must be the same training; a finished run notes what it
+    published (record.py)."""
     claim_run(config)
     init_ray()
     check_room_for_data(config.scaling)
     trainer = build_trainer(loop, train_loop_config(config), config.scaling, config.checkpoint, datasets())
     started = time.perf_counter()
     result = trainer.fit()
-    return TrainSummary(verb, result.metrics or {}, fields, time.perf_counter() - started,
-                        publish_model(result, config.checkpoint), result.checkpoint, result.error)
+    model = publish_model(result, config.checkpoint)
+    if model is not None and result.error is None:
+        record_published(config, (result.metrics or {}).get("step"))
+    return TrainSummary(verb, result.metrics or {}, fields, time.perf_counter() - started, model, result.checkpoint,
+                        result.error)
 
 
 def run_mlm(config: MlmJobConfig) -> TrainSummary:
