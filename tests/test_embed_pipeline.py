@@ -97,6 +97,11 @@ def test_int8_output_is_calibrated_once_and_every_piece_keeps_those_ranges(ray_s
     assert table.schema.field("embedding").type == pa.list_(pa.int8(), 384)
     described = json.loads(table.schema.metadata[METADATA_KEY])
     assert described["dtype"] == "int8" and described["dimensions"] == 384 and "floor" in described["scheme"]
+    job = OutputStore(str(tmp_path / "out"))._read_json(str(tmp_path / "out" / "_manifest" / "_job.json"))
+    made_with = described["made_with"]  # which model made the vectors and how, as _job.json records it
+    assert {key: value for key, value in job.items() if key.startswith("model.")} == \
+        {key: value for key, value in made_with.items() if key.startswith("model.")} and "model.files" in made_with
+    assert made_with["input_type"] == "document" and made_with["raylib_version"]
     store = OutputStore(str(tmp_path / "out"))
     ranges = np.array(store.read_marker(MARKER), np.float32)
     np.testing.assert_array_equal(np.array(described["ranges"], np.float32), ranges)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 import numpy as np
 import pyarrow.compute as pc
@@ -116,6 +117,13 @@ def _settings(config: EmbedJobConfig, model: str) -> dict:
     return {key: redact(value) if key.endswith(".path") else value for key, value in settings.items()}
 
 
+def _made_with(settings: dict) -> dict:
+    """Provenance for every output file: the model settings and files' fingerprint from `settings`, the input
+    type and the project's version."""
+    made_with = {key: value for key, value in settings.items() if key.startswith("model.") or key == "input_type"}
+    return {**made_with, "raylib_version": version("raylib-embeddings")}
+
+
 def _stage_cpus(compute: ComputeConfig) -> float:
     """The CPUs the stages hold at least: the model actors, a tokenising task and a writer."""
     return compute.actors * compute.cpus_per_actor + compute.tokenizer_cpus + compute.writer_cpus
@@ -164,8 +172,9 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
     plan = plan_input(fs, files, config.input, max_rows=max_rows)
     check_index(config, spec, fs, files)
     store = OutputStore(config.output.path)
+    settings = _settings(config, model_fingerprint(spec))
     with store.lease(config.output.lease_timeout_s) as lease:
-        store.claim(_settings(config, model_fingerprint(spec)))
+        store.claim(settings)
         stale = _prepare_output(store, plan)
         finished = store.finished()
         todo = [piece for piece in plan.pieces if piece.key not in finished]
@@ -177,7 +186,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
         if todo:
             ranges = output_ranges(store, plan.pieces, config, tokenizer)
             lease.check()
-            totals = _embed(todo, config, tokenizer, ranges, spec.dimensions)
+            totals = _embed(todo, config, tokenizer, ranges, spec.dimensions, _made_with(settings))
         embed_seconds = time.perf_counter() - embedding
         lease.check()
         committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
@@ -203,7 +212,7 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
 
 
 def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer, ranges: np.ndarray | None,
-           dimensions: int) -> dict[str, int]:
+           dimensions: int, made_with: dict) -> dict[str, int]:
     """Run the pieces through the Ray Data chain (vectors in output.dtype, int8 with `ranges`); returns the
     committed rows, bad rows and tokens."""
     compute, dtype = config.compute, config.output.dtype
@@ -216,7 +225,7 @@ def _embed(todo: list, config: EmbedJobConfig, tokenizer: PromptTokenizer, range
             batch_size=None,
             batch_format="pyarrow",
             fn_constructor_kwargs={"output_uri": config.output.path, "id_column": config.input.id_column,
-                                   "metadata": schema_metadata(dtype, dimensions, ranges)},
+                                   "metadata": schema_metadata(dtype, dimensions, ranges, made_with)},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=compute.actors),
             num_cpus=compute.writer_cpus,
         )

@@ -7,8 +7,8 @@ and the way back to float32 for readers.
     binary             fixed-size list of uint8 (ceil(dimensions / 8)): sign bits x > 0 packed 8 per byte, first
                        dimension in the highest bit (sentence-transformers' "ubinary")
 
-Every file's schema metadata holds METADATA_KEY: JSON {"dtype", "dimensions", "scheme"} and, for int8,
-"ranges" [[min per dimension], [max per dimension]]. Files without it (older outputs) hold floats.
+Every file's schema metadata holds METADATA_KEY: JSON {"dtype", "dimensions", "scheme", "made_with"} and, for
+int8, "ranges" [[min per dimension], [max per dimension]]; "made_with" says which model made the vectors and how. Files without it (older outputs) hold floats.
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ def encode(vectors: np.ndarray, dtype: str, ranges: np.ndarray | None = None) ->
     return pa.FixedSizeListArray.from_arrays(codes.reshape(-1), codes.shape[1])
 
 
-def schema_metadata(dtype: str, dimensions: int, ranges: np.ndarray | None = None) -> dict[bytes, bytes]:
-    """The schema metadata of every output file: how its `embedding` column was made."""
+def schema_metadata(dtype: str, dimensions: int, ranges: np.ndarray | None = None,
+                    made_with: dict | None = None) -> dict[bytes, bytes]:
+    """The schema metadata of every output file: how its `embedding` column was made (`made_with`: the model
+    settings, the model files' fingerprint, the input type and the project's version)."""
     description = {"dtype": dtype, "dimensions": dimensions, "scheme": SCHEMES[dtype]}
     if dtype == "int8":
         description["ranges"] = np.asarray(ranges, dtype=np.float32).tolist()
+    if made_with:
+        description["made_with"] = made_with
     return {METADATA_KEY: json.dumps(description).encode()}
 
 
