@@ -186,6 +186,17 @@ class ServeAppConfig(Strict):
     # requests need `Authorization: Bearer <the variable's value>`; a named variable that is not set refuses to
     # deploy (fail closed); null serves without a key
     api_key_env: str | None = "RAYLIB_API_KEY"
+    # split: an HTTP ingress (EmbeddingsAPI) in front of one deployment per model; it resends a request whose model
+    # replica died and answers a full queue with a 503 in the error shape. single (one model only): one deployment
+    # that answers HTTP and holds the model, a hop fewer (bench/RESULTS.md: ~1.4x requests/s on short inputs), but
+    # a dying replica's requests fail and a full queue gets Serve's plain-text 503
+    layout: Literal["split", "single"] = "split"
+
+    @model_validator(mode="after")
+    def _single_serves_one_model(self):
+        if self.layout == "single" and len(self.models) != 1:
+            raise ValueError(f"layout: single serves one model, got {len(self.models)}; use layout: split")
+        return self
 
 
 class OptimConfig(Strict):

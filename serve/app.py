@@ -1,11 +1,13 @@
-"""The serving application: an OpenAI-compatible ingress in front of one batched deployment per model.
+"""The serving application: an OpenAI-compatible ingress (HTTP, request checks, tokenising) and the models.
 
-`serve run serve/config.yaml` builds it with `build_app(args)`; the YAML's `deployments:` section sets
-replicas, resources and autoscaling per deployment (the ingress is `EmbeddingsAPI`, each model deployment
-carries the model's name).
+`serve run serve/config.yaml` builds it with `build_app(args)`. With one model the application is one deployment,
+named like the model: each replica answers HTTP and holds the model (serve/model.py), so a request crosses no
+replica boundary after Serve's HTTP proxy. With several models the ingress is `EmbeddingsAPI`, in front of one
+batched deployment per model (named like it), which it calls by handle. The YAML's `deployments:` section sets
+replicas, resources and autoscaling per deployment.
 
 `encoding_format` int8/uint8 quantizes with calibration ranges per (model, dimensions): the per-dimension
-minimum and maximum of the model's own vectors of CALIBRATION_DOCUMENTS fixed documents of the sample corpus,
+minimum and maximum of the model's own vectors of fixed documents of the sample corpus (serve/model.py),
 computed once by a model replica on the first such request (the same on every replica of the same hardware)
 and kept by the ingress.
 """
@@ -14,26 +16,25 @@ import asyncio
 import hmac
 import logging
 import os
-import time
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter
 from starlette.exceptions import HTTPException
 
-from raylib.config import BatchingConfig, ConfigError, ServeAppConfig, validate_config
-from raylib.data.sample_corpus import sample_documents
-from raylib.models.embedder import Embedder
-from raylib.models.quantize import SCALAR, SCALAR_SCHEME, calibration_ranges
+from raylib.config import ConfigError, ServeAppConfig, validate_config
+from raylib.models.quantize import SCALAR, SCALAR_SCHEME
 from raylib.models.spec import ModelSpec, resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
 from serve.chunking import mean_pool, windows
+from serve.model import EmbeddingModel
 from serve.openai_api import (
     ApiError,
     EmbeddingRequest,
@@ -51,75 +52,29 @@ from serve.openai_api import (
 
 logger = logging.getLogger(__name__)
 REPLICA_RETRIES = 2  # a request whose model replica dies is sent again to another one
-CALIBRATION_DOCUMENTS = 256  # of raylib.data.sample_corpus, for int8/uint8 ranges
 
 
-def padded_tokens(items: list[tuple[list[int], float]]) -> int:
-    """Cost of a batch of (token ids, queued-at) rows: rows x longest row."""
-    return len(items) * max(len(item[0]) for item in items)
+class RemoteModel:
+    """A model deployment reached through its handle, with EmbeddingModel's methods (awaitable answers)."""
 
+    def __init__(self, handle: DeploymentHandle):
+        self.handle = handle
 
-@serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 1})
-class EmbeddingModel:
-    """One model replica; rows of concurrent requests are merged into token-budget batches."""
+    def embed(self, token_ids: list[list[int]], prompt_length: int = 0):
+        return self.handle.embed.remote(token_ids, prompt_length)
 
-    def __init__(self, model: dict, batching: dict):
-        self.embedder = Embedder(resolve_spec(**model))
-        self.batching = BatchingConfig.model_validate(batching)
-        self.batch_tokens = max(self.batching.batch_tokens, self.embedder.spec.max_length)
-        self.embed_rows.set_max_batch_size(self.batch_tokens)
-        self.embed_rows.set_batch_wait_timeout_s(self.batching.max_wait_ms / 1000)
-        self.forward_lock = asyncio.Lock()
-        self.batch_rows = Histogram("embeddings_batch_rows", "rows per forward batch",
-                                    boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
-        self.batch_size_tokens = Histogram("embeddings_batch_tokens", "padded tokens per forward batch",
-                                           boundaries=[64, 256, 1024, 2048, 4096, 8192, 16384, 65536])
-        self.queue_seconds = Histogram("embeddings_queue_seconds", "time a row waits for its batch",
-                                       boundaries=[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5])
-        self.calibration_lock = asyncio.Lock()
-        self.calibration_vectors: np.ndarray | None = None
+    def calibration_ranges(self, dimensions: int | None):
+        return self.handle.calibration_ranges.remote(dimensions)
 
-    async def embed(self, token_ids: list[list[int]], prompt_length: int = 0) -> np.ndarray:
-        """Vectors (rows, dimensions) for token id rows whose first `prompt_length` tokens are their prompt,
-        batched with other requests' rows when enabled."""
-        if not self.batching.enabled:
-            async with self.forward_lock:
-                return await asyncio.to_thread(self.embedder.embed_tokens, token_ids, self.batch_tokens,
-                                               [prompt_length] * len(token_ids))
-        queued_at = time.monotonic()
-        rows = await asyncio.gather(*(self.embed_rows((ids, queued_at, prompt_length)) for ids in token_ids))
-        return np.stack(rows)
-
-    @serve.batch(max_batch_size=8192, batch_wait_timeout_s=0.005, batch_size_fn=padded_tokens)
-    async def embed_rows(self, items: list[tuple[list[int], float, int]]) -> list[np.ndarray]:
-        started = time.monotonic()
-        for _, queued_at, _ in items:
-            self.queue_seconds.observe(started - queued_at)
-        self.batch_rows.observe(len(items))
-        self.batch_size_tokens.observe(padded_tokens(items))
-        vectors = await asyncio.to_thread(self.embedder.embed_tokens, [ids for ids, _, _ in items],
-                                          self.batch_tokens, [length for _, _, length in items])
-        return list(vectors)
-
-    async def calibration_ranges(self, dimensions: int | None) -> np.ndarray:
-        """int8/uint8 ranges (2, dimensions): per-dimension min and max of the model's vectors of the fixed
-        calibration documents (embedded once per replica), cut to `dimensions` as requests are."""
-        async with self.calibration_lock:
-            if self.calibration_vectors is None:
-                texts = [row["text"] for row in sample_documents(CALIBRATION_DOCUMENTS)]
-                self.calibration_vectors = await asyncio.to_thread(self.embedder.encode, texts)
-        return calibration_ranges(shorten(self.calibration_vectors, dimensions, self.embedder.spec.normalize))
-
-    def ready(self) -> bool:
-        """Answered only once __init__ has loaded the model."""
-        return True
+    def ready(self):
+        return self.handle.ready.remote()
 
 
 @dataclass
 class ServedModel:
     spec: ModelSpec
     tokenize: PromptTokenizer
-    handle: DeploymentHandle
+    model: EmbeddingModel | RemoteModel  # in this replica (one model served) or a model deployment
 
     @property
     def vocab_size(self) -> int:
@@ -128,6 +83,14 @@ class ServedModel:
     def prefix_length(self, input_type: str) -> int:
         """Tokens of the input type's prefix alone, without special tokens."""
         return len(self.tokenize([""], input_type, special_tokens=False)[0])
+
+
+class FastJSONResponse(JSONResponse):
+    """A JSON response encoded by orjson: the same values as json.dumps (floats in shortest round-trip form),
+    several times faster on the float lists of embeddings."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content)
 
 
 api = FastAPI(title="raylib embeddings", docs_url=None, redoc_url=None, openapi_url=None)  # schema: behind the key
@@ -185,14 +148,17 @@ async def read_body(request: Request, limit: int) -> bytes:
 @serve.deployment(name="EmbeddingsAPI", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.1})
 @serve.ingress(api)
 class EmbeddingsAPI:
-    """HTTP ingress: checks and tokenises requests, sends token ids to the model's deployment."""
+    """HTTP ingress: checks and tokenises requests, sends token ids to the model's deployment (`handles`, by
+    model name), or with no handles holds the one model itself."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], config: dict):
+    def __init__(self, config: dict, handles: dict[str, DeploymentHandle] | None = None):
         self.config = ServeAppConfig.model_validate(config)
         self.models = {}
         for served in self.config.models:
             spec = resolve_spec(**served.model.model_dump())
-            self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), handles[served.name])
+            model = (RemoteModel(handles[served.name]) if handles else
+                     EmbeddingModel(served.model.model_dump(), self.config.batching.model_dump()))
+            self.models[served.name] = ServedModel(spec, PromptTokenizer.from_spec(spec), model)
         self.default_model = self.config.models[0].name
         self.ranges: dict[tuple[str, int | None], np.ndarray] = {}  # int8/uint8 calibration, by (model, dimensions)
         self.api_key = required_api_key(self.config.api_key_env)
@@ -239,7 +205,8 @@ class EmbeddingsAPI:
         prompt_tokens = sum(len(ids) for ids in token_ids)
         self.requests.inc(tags={"model": model_name, "status": "200"})
         self.tokens.inc(prompt_tokens, tags={"model": model_name})
-        return JSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens, ranges))
+        return FastJSONResponse(embedding_response(vectors, model_name, body.encoding_format, prompt_tokens,
+                                                  ranges))
 
     async def embed_inputs(self, served: ServedModel, body: EmbeddingRequest,
                            inputs: Inputs) -> tuple[np.ndarray, list[list[int]]]:
@@ -256,27 +223,27 @@ class EmbeddingsAPI:
             token_ids = inputs.token_ids
         if body.chunking == "none":
             token_ids = fit_lengths(token_ids, served.spec.max_length, body.truncate)
-            return await self.ask(served.handle.embed, token_ids, prompt_length), token_ids
+            return await self.ask(served.model.embed, token_ids, prompt_length), token_ids
         token_ids, counts = windows(token_ids, served.spec.max_length, served.tokenize.special_ids, prefix_length,
                                     self.config.limits.max_inputs)
-        vectors = await self.ask(served.handle.embed, token_ids, prompt_length)
+        vectors = await self.ask(served.model.embed, token_ids, prompt_length)
         return mean_pool(vectors, [len(ids) for ids in token_ids], counts, served.spec.normalize), token_ids
 
     async def calibration(self, model_name: str, served: ServedModel, dimensions: int | None) -> np.ndarray:
         """The int8/uint8 ranges of a model at `dimensions`, asked of a model replica once."""
         key = (model_name, dimensions)
         if key not in self.ranges:
-            self.ranges[key] = await self.ask(served.handle.calibration_ranges, dimensions)
+            self.ranges[key] = await self.ask(served.model.calibration_ranges, dimensions)
         return self.ranges[key]
 
     async def ask(self, method, *args):
-        """A model deployment's answer to `method` (e.g. handle.embed) with `args`; a full queue (the
+        """The model's answer to `method` (e.g. served.model.embed) with `args`; a full queue (the model
         deployment's max_queued_requests) or no answer within limits.request_timeout_s is a fast 503 with
-        Retry-After, a dead replica is retried."""
+        Retry-After, a dead model replica is retried."""
         timeout = self.config.limits.request_timeout_s
         for attempt in range(REPLICA_RETRIES + 1):
             try:
-                return await asyncio.wait_for(method.remote(*args), timeout)
+                return await asyncio.wait_for(method(*args), timeout)
             except BackPressureError:
                 raise ApiError(503, "the model's queue is full; retry in a moment", code="overloaded",
                                kind="server_error", retry_after_s=1) from None
@@ -333,11 +300,15 @@ class EmbeddingsAPI:
         balancers without the key, so it says nothing else."""
         try:
             await asyncio.wait_for(
-                asyncio.gather(*(served.handle.ready.remote() for served in self.models.values())), timeout=5
+                asyncio.gather(*(served.model.ready() for served in self.models.values())), timeout=5
             )
         except (asyncio.TimeoutError, RayActorError):
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+
+MODEL_DEPLOYMENT = {"max_ongoing_requests": 128, "ray_actor_options": {"num_cpus": 1}}  # serve/config.yaml's own
+model_deployment = serve.deployment(EmbeddingModel, **MODEL_DEPLOYMENT)
 
 
 def build_app(args: dict) -> serve.Application:
@@ -349,10 +320,12 @@ def build_app(args: dict) -> serve.Application:
     required_api_key(config.api_key_env)
     for served in config.models:
         resolve_spec(**served.model.model_dump())  # a bad path or dimension fails the deploy, not the first request
+    if config.layout == "single":  # one deployment, named like the model: HTTP and the model in one replica
+        return EmbeddingsAPI.options(name=names[0], **MODEL_DEPLOYMENT).bind(config.model_dump())
     handles = {
-        served.name: EmbeddingModel.options(name=served.name).bind(
+        served.name: model_deployment.options(name=served.name).bind(
             served.model.model_dump(), config.batching.model_dump()
         )
         for served in config.models
     }
-    return EmbeddingsAPI.bind(handles, config.model_dump())
+    return EmbeddingsAPI.bind(config.model_dump(), handles)

@@ -1,6 +1,9 @@
-"""The embeddings service over real HTTP: `serve run` of a config shaped like serve/config.yaml on the session's Ray."""
+"""The embeddings service over real HTTP: `serve run` of a config shaped like serve/config.yaml on the session's Ray:
+the application "embeddings" serves two models (an ingress in front of one deployment per model), "single" one model
+(one deployment that answers HTTP and holds the model, as serve/config.yaml does)."""
 
 import base64
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 import ray
 from ray import serve
@@ -20,10 +24,13 @@ from serve.local import default_config, local_service
 API_KEY = "test-key-5d1c"
 MODEL = "minilm"
 SMALL = "minilm-128"  # the same weights, 128 dimensions and a query prefix
+SINGLE = "minilm-single"  # the only model of the application at /single
+MAX_BODY_BYTES = 50_000
 
 
 def service_config(port: int) -> dict:
-    """serve/config.yaml with a free port, two models, small limits, fast autoscaling and a key."""
+    """serve/config.yaml with a free port, two models, small limits, fast autoscaling and a key; and beside it
+    serve/config.yaml's one-model shape at /single."""
     config = default_config()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     app = config["applications"][0]
@@ -32,7 +39,7 @@ def service_config(port: int) -> dict:
         {"name": MODEL, "model": {"path": "bundled"}},
         {"name": SMALL, "model": {"path": "bundled", "dimensions": 128, "query_prefix": "query: "}},
     ]
-    app["args"]["limits"] = {"max_inputs": 8, "max_body_bytes": 50_000}
+    app["args"]["limits"] = {"max_inputs": 8, "max_body_bytes": MAX_BODY_BYTES}
     app["deployments"] = [
         {"name": "EmbeddingsAPI", "ray_actor_options": {"num_cpus": 0.1}},
         {"name": MODEL, "ray_actor_options": {"num_cpus": 0.5}, "autoscaling_config": {
@@ -41,6 +48,11 @@ def service_config(port: int) -> dict:
         {"name": SMALL, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 1,
          "max_queued_requests": 1},  # a short queue, for the overload test
     ]
+    config["applications"].append({
+        **app, "name": "single", "route_prefix": "/single",
+        "args": {**app["args"], "models": [{"name": SINGLE, "model": {"path": "bundled"}}], "layout": "single"},
+        "deployments": [{"name": SINGLE, "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}}],
+    })
     return config
 
 
@@ -365,6 +377,16 @@ def test_a_named_but_missing_api_key_refuses_to_deploy(monkeypatch):
     build_app({"api_key_env": "RAYLIB_TEST_UNSET_KEY"})
 
 
+def test_the_single_layout_serves_exactly_one_model():
+    from raylib.config import ConfigError
+    from serve.app import build_app
+
+    two = [{"name": "a", "model": {"path": "bundled"}}, {"name": "b", "model": {"path": "bundled"}}]
+    with pytest.raises(ConfigError, match="layout: single serves one model, got 2; use layout: split"):
+        build_app({"api_key_env": None, "layout": "single", "models": two})
+    assert build_app({"api_key_env": None, "layout": "single"}).__class__.__name__ == "Application"
+
+
 def test_a_burst_past_the_queue_gets_fast_503s_with_retry_after(client):
     def post(_):
         return client.post("/v1/embeddings", json={"input": "a burst of requests " * 40, "model": SMALL})
@@ -405,3 +427,74 @@ def test_an_unknown_argument_is_named_briefly():
     with pytest.raises(ApiError) as refused:
         parse_request(b'{"input": "x", "' + b"k" * 5000 + b'": 1}')
     assert refused.value.status == 400 and len(refused.value.message) < 400 and len(refused.value.param) <= 200
+
+
+def test_one_model_is_one_deployment_that_answers_like_the_ingress(client, embedder):
+    deadline = time.monotonic() + 120
+    while client.get("/single/health").status_code != 200:  # deployed beside "embeddings": may come up later
+        assert time.monotonic() < deadline, "the one-model application never became healthy"
+        time.sleep(1)
+    assert list(serve.status().applications["single"].deployments) == [SINGLE]
+    texts = ["one replica answers HTTP", "and holds the model"]
+    result = client.post("/single/v1/embeddings", json={"input": texts, "encoding_format": "base64"}).json()
+    assert result["model"] == SINGLE and result["usage"]["prompt_tokens"] == sum(map(len, embedder.tokenize(texts)))
+    got = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), "<f4") for item in result["data"]])
+    np.testing.assert_allclose(got, vectors(embed(client, input=texts, model=MODEL)), atol=1e-6)
+    int8 = client.post("/single/v1/embeddings", json={"input": texts, "encoding_format": "int8"}).json()["data"]
+    assert len(int8[0]["embedding"]) == 384  # calibration ranges from the replica's own model
+    for body, headers, status in [({"input": "x", "model": MODEL}, {}, 404), ({"input": "x"}, {"Authorization": ""}, 401),
+                                  ({"input": "x" * 60_000}, {}, 413)]:
+        response = client.post("/single/v1/embeddings", json=body, headers=headers)
+        assert response.status_code == status and response.json()["error"]["message"], response.text
+
+
+def serve_processes(*titles: str) -> list[psutil.Process]:
+    """Processes of this session's Ray (descendants of the test process, not other Rays on the machine) whose
+    title starts with one of `titles`."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(process.cmdline()).startswith(titles):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_big_bodies_from_64_clients_are_refused_without_being_buffered(client, service):
+    clients, body_bytes = 64, 8_000_000  # 512 MB in all, each body 160x the limit
+    ingress, proxy = (serve_processes(title)[0] for title in ("ray::ServeReplica:embeddings:EmbeddingsAPI",
+                                                              "ray::ProxyActor"))
+    before = {process: process.memory_info().rss for process in (ingress, proxy)}
+    peak = dict(before)
+    sending = threading.Event()
+
+    def sample() -> None:
+        while not sending.wait(0.02):
+            for process in peak:
+                peak[process] = max(peak[process], process.memory_info().rss)
+
+    def post(_) -> int | str:
+        body = b'{"input": "' + b"x" * body_bytes + b'"}'
+        try:
+            return client.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"}).status_code
+        except httpx.TransportError as exc:  # the service answered 413 and closed before the whole body was sent
+            return type(exc).__name__
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            outcomes = list(pool.map(post, range(clients)))
+    finally:
+        sending.set()
+        sampler.join()
+    assert all(outcome == 413 or isinstance(outcome, str) for outcome in outcomes), outcomes
+    assert outcomes.count(413) >= clients // 2, outcomes
+    growth_mb = {process.cmdline()[0]: (peak[process] - before[process]) / 2**20 for process in peak}
+    # the ingress refuses a body by its declared length, before reading it: at most the limit plus a socket buffer
+    # of each body at once, never the bodies themselves
+    assert growth_mb[ingress.cmdline()[0]] < clients * (MAX_BODY_BYTES + 2**20) / 2**20, growth_mb
+    # Serve's HTTP proxy (uvicorn) reads ahead of the ingress (90-170 MB measured), but never holds all bodies
+    assert growth_mb[proxy.cmdline()[0]] < clients * body_bytes / 2 / 2**20, growth_mb
+    assert len(embed(client, input="still serving")["data"]) == 1
