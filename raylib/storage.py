@@ -77,24 +77,46 @@ class ConditionalObject:
             raise
 
 
-def conditional_object(uri: str, name: str) -> ConditionalObject | None:
-    """Object `name` in the directory at an s3:// URI (credentials, endpoint_override, scheme and region read from the URI as pyarrow
-    reads them, else boto3's own chain), or None for other URIs, whose stores offer no conditional write here."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3":
-        return None
-    import boto3
+@dataclass(frozen=True)
+class BucketUri:
+    """An s3:// or gs:// URI as pyarrow reads it (s3://key:secret@bucket/path?endpoint_override=host:port&scheme=http
+    &region=r), taken apart for clients that name these settings their own way (boto3, LanceDB)."""
 
+    location: str  # scheme://bucket/path, without credentials or query
+    bucket: str
+    path: str  # within the bucket, no leading /
+    access_key: str | None
+    secret_key: str | None
+    endpoint: str | None  # with its scheme: http://host:port
+    region: str | None
+
+
+def bucket_uri(uri: str) -> BucketUri | None:
+    """`uri` taken apart, or None when it is not s3:// or gs://."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("s3", "gs"):
+        return None
     query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
     endpoint = query.get("endpoint_override")
     if endpoint and "://" not in endpoint:
         endpoint = f"{query.get('scheme', 'https')}://{endpoint}"
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name=query.get("region"),
-        aws_access_key_id=unquote(parts.username) if parts.username else None,
-        aws_secret_access_key=unquote(parts.password) if parts.password else None,
-    )
-    return ConditionalObject(client, parts.hostname or "", posixpath.join(parts.path.lstrip("/"), name))
+    bucket = parts.netloc.rpartition("@")[2]
+    return BucketUri(f"{parts.scheme}://{bucket}{parts.path}", bucket, parts.path.lstrip("/"),
+                     unquote(parts.username) if parts.username else None,
+                     unquote(parts.password) if parts.password else None, endpoint, query.get("region"))
+
+
+def conditional_object(uri: str, name: str) -> ConditionalObject | None:
+    """Object `name` in the directory at an s3:// URI (credentials, endpoint and region from the URI, else boto3's
+    own chain), or None for other URIs, whose stores offer no conditional write here."""
+    parsed = bucket_uri(uri)
+    if parsed is None or not parsed.location.startswith("s3://"):
+        return None
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=parsed.endpoint, region_name=parsed.region,
+                          aws_access_key_id=parsed.access_key, aws_secret_access_key=parsed.secret_key)
+    return ConditionalObject(client, parsed.bucket, posixpath.join(parsed.path, name))
 
 
 def cache_dir() -> Path:

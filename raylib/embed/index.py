@@ -25,7 +25,6 @@ import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import chain
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -37,7 +36,7 @@ from raylib.embed.store import OutputStore
 from raylib.embed.vectors import read_floats
 from raylib.models.embedder import Embedder
 from raylib.models.spec import ModelSpec, model_fingerprint, resolve_spec
-from raylib.storage import redact
+from raylib.storage import bucket_uri, redact
 
 RECORD_KEY = "raylib.index"
 VECTOR = "embedding"
@@ -46,25 +45,18 @@ EXACT = "exact"
 
 
 def lance_location(uri: str) -> tuple[str, dict[str, str]]:
-    """(URI, storage options) for LanceDB from a URI as the rest of the project writes it: pyarrow's
-    s3://key:secret@bucket/path?endpoint_override=host:port&scheme=http&region=r."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("s3", "gs") or not (parts.query or "@" in parts.netloc):
+    """(URI, storage options) for LanceDB from a URI as the rest of the project writes it (storage.bucket_uri)."""
+    parsed = bucket_uri(uri)
+    if parsed is None:
         return uri, {}
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     options = {}
-    user, _, host = parts.netloc.rpartition("@")
-    if user:
-        key, _, secret = user.partition(":")
-        options.update(aws_access_key_id=unquote(key), aws_secret_access_key=unquote(secret))
-    if "endpoint_override" in query:
-        endpoint = query["endpoint_override"]
-        scheme = query.get("scheme", "https")
-        options["aws_endpoint"] = endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
-        options["allow_http"] = str(options["aws_endpoint"].startswith("http://")).lower()
-    if "region" in query:
-        options["aws_region"] = query["region"]
-    return f"{parts.scheme}://{host}{parts.path}", options
+    if parsed.access_key:
+        options.update(aws_access_key_id=parsed.access_key, aws_secret_access_key=parsed.secret_key or "")
+    if parsed.endpoint:
+        options.update(aws_endpoint=parsed.endpoint, allow_http=str(parsed.endpoint.startswith("http://")).lower())
+    if parsed.region:
+        options["aws_region"] = parsed.region
+    return parsed.location, options
 
 
 def connect(uri: str):
