@@ -17,11 +17,12 @@ from raylib.config import (
     ServeAppConfig,
     load_config,
 )
+from raylib.recipe.config import RecipeConfig
 from tests.conftest import ROOT
 
 LAUNCHER_YAMLS = ["aws.yaml", "gcp.yaml", "local.yaml"]
 JOB_SCHEMAS = {"embed": EmbedJobConfig, "pretrain_mlm": MlmJobConfig, "eval": EvalJobConfig,
-               "train_contrastive": ContrastiveJobConfig, "mine_negatives": MineJobConfig}
+               "train_contrastive": ContrastiveJobConfig, "mine_negatives": MineJobConfig, "recipe": RecipeConfig}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
