@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 _USER_INFO = re.compile(r"\b([a-zA-Z][\w+.-]*://)[^/@\s]+@")
+PUBLISHED = "_published.json"  # object storage: the file in a published directory that names its current version
+_VERSION = re.compile(r"[A-Za-z0-9][\w.-]*")
 
 
 def is_remote(uri: str) -> bool:
@@ -178,6 +180,53 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_remote(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """publish_local for object storage (paths within `fs`): the copy goes to `<target>-<version>`, then
+    `<target>/_published.json` names it, written in one put (atomic on object stores), so readers that follow it
+    (published_version) see the previous version or this one, whole. The previous version stays (a reader may
+    still be in it), older ones are deleted, and so are the files of a directory published before versions."""
+    parent, name = posixpath.split(target.rstrip("/"))
+    version = f"{name}-{uuid.uuid4().hex[:12]}"
+    fs.create_dir(posixpath.join(parent, version), recursive=True)
+    pafs.copy_files(source, posixpath.join(parent, version), source_filesystem=fs, destination_filesystem=fs)
+    pointer = posixpath.join(target, PUBLISHED)
+    previous = _pointed_version(fs, pointer)
+    with fs.open_output_stream(pointer) as out:
+        out.write(json.dumps({"version": version}).encode())
+    for info in fs.get_file_info(pafs.FileSelector(parent)):
+        stale = posixpath.basename(info.path)
+        if info.type == pafs.FileType.Directory and stale.startswith(f"{name}-") and stale not in (version, previous):
+            fs.delete_dir(info.path)
+    for info in fs.get_file_info(pafs.FileSelector(target, recursive=True)):
+        if info.type == pafs.FileType.File and info.path != pointer:
+            fs.delete_file(info.path)
+
+
+def published_version(uri: str) -> str:
+    """The URI to read for the directory at `uri`: the version its _published.json names (publish_remote), else
+    `uri` itself. ValueError for a pointer that names no plain directory name."""
+    fs, root = resolve(uri)
+    version = _pointed_version(fs, posixpath.join(root, PUBLISHED))
+    if version is None:
+        return uri
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=posixpath.join(posixpath.dirname(parts.path.rstrip("/")), version)))
+
+
+def _pointed_version(fs: pafs.FileSystem, pointer: str) -> str | None:
+    try:
+        with fs.open_input_stream(pointer) as handle:
+            version = json.loads(handle.read()).get("version")
+    except FileNotFoundError:
+        return None
+    except (ValueError, AttributeError):
+        version = None
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        raise ValueError(f"{pointer} does not name a published version ({{\"version\": \"<name>-<id>\"}}); publish "
+                         "the model again")
+    return version
 
 
 def publish_local(source: Path, target: Path) -> None:

