@@ -185,6 +185,19 @@ def test_pieces_are_bounded_by_rows_whatever_the_layout(tmp_path):
     assert len(plan_input(*list_input_files(config), config, max_rows=100).pieces) == 10 + 50  # an output bound
 
 
+def test_many_files_are_planned_at_once_in_file_order_with_the_unreadable_listed(tmp_path):
+    for index in range(80):  # more files than planning threads
+        if index == 41:
+            (tmp_path / f"f{index:03d}.parquet").write_bytes(b"not parquet")
+        else:
+            write_jsonl(tmp_path / f"f{index:03d}.jsonl", [{"id": f"{index}-{row}", "text": "x"} for row in range(3)])
+    config = InputConfig(path=str(tmp_path), rows_per_piece=2)
+    plan = plan_input(*list_input_files(config), config)
+    assert [piece.uri.rsplit("/", 1)[1] for piece in plan.pieces] == \
+        [f"f{index:03d}.jsonl" for index in range(80) if index != 41 for _ in range(2)]
+    assert [path.rsplit("/", 1)[1] for path, _ in plan.unreadable] == ["f041.parquet"]
+
+
 def test_lines_end_at_newlines_only_and_underscore_files_are_not_hidden(tmp_path):
     (tmp_path / "_data.jsonl").write_bytes(b'{"id": 1,\r"text": "a carriage return inside"}\r\n{"id": 2, "text": "b"}')
     config = InputConfig(path=str(tmp_path / "_data.jsonl"))
