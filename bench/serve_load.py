@@ -34,7 +34,7 @@ from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
 from raylib.runtime import free_port
-from serve.local import default_config, local_service
+from serve.local import default_config, local_service, wait_healthy
 
 MODEL = "all-minilm-l6-v2"
 INFINITY_VENV = Path(__file__).with_name(".infinity-venv")
@@ -91,17 +91,7 @@ def infinity_service(python: Path, workdir: Path, timeout_s: float = 240) -> Ite
     with open(workdir / "infinity.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Infinity did not start; end of its log:\n"
-                                       + (workdir / "infinity.log").read_text()[-3000:])
-                time.sleep(1)
+            wait_healthy(f"http://127.0.0.1:{port}", process, workdir / "infinity.log", timeout_s, "Infinity")
             yield f"http://127.0.0.1:{port}"
         finally:
             process.send_signal(signal.SIGINT)

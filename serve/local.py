@@ -38,7 +38,7 @@ def local_service(config: dict, ray_address: str, workdir: Path, timeout_s: floa
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
-            _wait_healthy(url, process, workdir / "serve.log", timeout_s)
+            wait_healthy(url, process, workdir / "serve.log", timeout_s)
             yield url
         finally:
             process.send_signal(signal.SIGINT)
@@ -49,7 +49,8 @@ def local_service(config: dict, ray_address: str, workdir: Path, timeout_s: floa
             serve.shutdown()
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: float, name: str = "the service") -> None:
+    """Return once `url`/health answers 200; RuntimeError with the end of `log` if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -58,5 +59,5 @@ def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
         except httpx.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the service did not start; end of its log:\n" + log.read_text()[-3000:])
+            raise RuntimeError(f"{name} did not start; end of its log:\n" + log.read_text()[-3000:])
         time.sleep(1)
