@@ -80,7 +80,8 @@ class InputConfig(Strict):
     id_column: str | None = "id"  # None: rows carry no id (text-only jobs such as MLM pretraining)
     text_column: str = "text"
     rows_per_piece: int = Field(8192, gt=0)  # at most, per piece (parquet row groups are cut when larger)
-    bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges split at line starts
+    bytes_per_piece: int = Field(8_000_000, gt=0)  # jsonl: byte ranges cut at line starts; small files grouped to it
+    group_small_files: bool = True  # many small files make one piece (bounded by rows_per_piece and bytes_per_piece)
 
 
 class OutputConfig(Strict):
@@ -401,6 +402,18 @@ class MineOutputConfig(Strict):
     rows_per_shard: int = Field(50_000, gt=0)
 
 
+class MineSearchConfig(Strict):
+    """How each query's nearest documents are found: faiss's exact inner product (IndexFlatIP) below exact_below
+    documents, else an IVF index (IndexIVFFlat) trained on a sample; held by search actors, a copy each."""
+
+    exact_below: int = Field(1_000_000, ge=0)  # fewer documents than this: exact search; 0: always IVF
+    nlist: int | None = Field(None, gt=0)  # IVF lists; None: 4 x sqrt(documents)
+    nprobe: int = Field(64, gt=0)  # IVF lists searched per query: more finds more of the true neighbours, slower
+    train_per_list: int = Field(64, gt=0)  # IVF training sample: vectors per list
+    actors: int = Field(1, gt=0)  # search actors (each holds the whole index in memory)
+    cpus_per_actor: float = Field(1.0, gt=0)  # also the index-building task's; faiss threads: rounded up
+
+
 class MineJobConfig(Strict):
     """Hard negatives for training pairs: each query's nearest documents under `model`, without the positive
     and without candidates scoring above max_positive_ratio x the positive's score (likely false negatives)."""
@@ -411,9 +424,8 @@ class MineJobConfig(Strict):
     negatives: int = Field(7, gt=0)  # per query
     search_depth: int = Field(100, gt=0)  # nearest documents looked at per query, before the filter
     max_positive_ratio: float = Field(0.95, gt=0, le=1)  # NV-Retriever's TopK-PercPos threshold
-    search: Literal["auto", "exact", "faiss"] = "auto"  # auto: faiss when installed
-    pipeline_above: int = Field(50_000, gt=0)  # more texts than this are embedded by the Ray Data pipeline
-    compute: ComputeConfig = ComputeConfig()  # the pipeline's actors
+    search: MineSearchConfig = MineSearchConfig()
+    compute: ComputeConfig = ComputeConfig()  # the embed pipeline's actors; writer_cpus: per mining task
     output: MineOutputConfig
 
     @model_validator(mode="after")

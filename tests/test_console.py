@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from raylib import console
 from raylib.console import JobLog, ProgressLine, duration
-from raylib.data.sources import Piece
+from raylib.data.sources import Piece, Span
 from raylib.embed.progress import EmbedProgress
 from raylib.embed.run import EmbedSummary
 
@@ -22,7 +22,7 @@ class Clock:
 
 
 def piece(key: str, fmt: str, start: int, stop: int) -> Piece:
-    return Piece(uri=f"/in/{key}", format=fmt, start=start, stop=stop, fingerprint="f", key=key)
+    return Piece(key, (Span(f"/in/{key}", fmt, start, stop, "f"),))
 
 
 def counts(*rows: tuple[str, int, int, int]) -> pa.Table:

@@ -199,7 +199,8 @@ def test_parquet_pieces_group_whole_row_groups(tmp_path):
     config = InputConfig(path=str(tmp_path), rows_per_piece=25)
     fs, files = list_input_files(config)
     pieces = plan_pieces(fs, files, config)
-    assert [(p.start, p.stop) for p in pieces] == [(0, 20), (20, 40), (40, 60), (60, 80), (80, 100)]
+    assert [(span.start, span.stop) for p in pieces for span in p.spans] == [(0, 20), (20, 40), (40, 60), (60, 80),
+                                                                            (80, 100)]
     assert [len(read_piece(p, config)) for p in pieces] == [20] * 5
 
 

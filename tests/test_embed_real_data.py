@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -177,11 +178,12 @@ def test_pieces_are_bounded_by_rows_whatever_the_layout(tmp_path):
     for piece in plan.pieces:
         table = read_piece(piece, config)
         assert len(table) <= 300
-        by_file.setdefault(piece.uri.rsplit("/", 1)[1], []).extend(table.column("id").to_pylist())
+        (span,) = piece.spans
+        by_file.setdefault(span.uri.rsplit("/", 1)[1], []).extend(table.column("id").to_pylist())
     assert by_file["short.jsonl"] == [str(i) for i in range(5000)]
     assert by_file["one-group.parquet"] == list(range(1000))
-    assert [(p.start, p.stop) for p in plan.pieces if p.format == "parquet"] == [(0, 250), (250, 500), (500, 750),
-                                                                                 (750, 1000)]
+    assert [(p.spans[0].start, p.spans[0].stop) for p in plan.pieces if p.format == "parquet"] == \
+        [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert len(plan_input(*list_input_files(config), config, max_rows=100).pieces) == 10 + 50  # an output bound
 
 
@@ -193,9 +195,40 @@ def test_many_files_are_planned_at_once_in_file_order_with_the_unreadable_listed
             write_jsonl(tmp_path / f"f{index:03d}.jsonl", [{"id": f"{index}-{row}", "text": "x"} for row in range(3)])
     config = InputConfig(path=str(tmp_path), rows_per_piece=2)
     plan = plan_input(*list_input_files(config), config)
-    assert [piece.uri.rsplit("/", 1)[1] for piece in plan.pieces] == \
+    assert [span.uri.rsplit("/", 1)[1] for piece in plan.pieces for span in piece.spans] == \
         [f"f{index:03d}.jsonl" for index in range(80) if index != 41 for _ in range(2)]
     assert [path.rsplit("/", 1)[1] for path, _ in plan.unreadable] == ["f041.parquet"]
+
+
+def test_small_files_are_grouped_in_file_order_and_a_change_regroups_only_its_neighbours(tmp_path):
+    for index in range(600):
+        write_jsonl(tmp_path / f"f{index:03d}.jsonl", [{"id": f"{index}-{row}", "text": "x"} for row in range(2)])
+    write_jsonl(tmp_path / "f300-big.jsonl", [{"id": f"big-{row}", "text": "x"} for row in range(500)])
+    for index in range(3):
+        pq.write_table(pa.table({"id": [f"p{index}"], "text": ["y"]}), tmp_path / f"g{index}.parquet")
+    config = InputConfig(path=str(tmp_path), rows_per_piece=200, bytes_per_piece=6000)
+    plan = plan_input(*list_input_files(config), config)
+    ids, groups = [], 0
+    for piece in plan.pieces:
+        table = read_piece(piece, config)
+        assert len(table) <= 200 and (len(piece.spans) == 1 or sum(Path(span.uri).stat().st_size
+                                                                    for span in piece.spans) <= 6000)
+        assert len({span.format for span in piece.spans}) == 1  # parquet and jsonl files are never mixed
+        assert [where.rsplit(" ", 2)[0] for where in table.column("_where").to_pylist()][-1] == piece.spans[-1].uri
+        ids += table.column("id").to_pylist()
+        groups += len(piece.spans) > 1
+    expected = [f"{index}-{row}" for index in range(300) for row in range(2)]  # f300-big.jsonl sorts before f300
+    expected += [f"big-{row}" for row in range(500)] + [f"{index}-{row}" for index in range(300, 600) for row in range(2)]
+    assert ids == expected + ["p0", "p1", "p2"]  # every row once, in file order
+    assert len(plan.pieces) < 20 and groups >= 7  # 604 files: the big one cut in 3 by rows, the small ones grouped
+    assert len(plan_input(*list_input_files(config), config.model_copy(update={"group_small_files": False})).pieces) \
+        == 603 + 3
+
+    (tmp_path / "f123.jsonl").unlink()  # one file goes away, one is added: the other groups keep their keys
+    write_jsonl(tmp_path / "f450-new.jsonl", [{"id": "new", "text": "x"}])
+    again = {piece.key for piece in plan_input(*list_input_files(config), config).pieces}
+    kept = {piece.key for piece in plan.pieces} & again
+    assert len(kept) >= len(plan.pieces) - 4, (len(kept), len(plan.pieces))
 
 
 def test_lines_end_at_newlines_only_and_underscore_files_are_not_hidden(tmp_path):

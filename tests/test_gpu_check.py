@@ -29,8 +29,8 @@ def test_smoke_runs_every_item_and_passes_its_own_checks(ray_session, tmp_path):
     assert items["grad_cache"]["dropout_changes_vectors"] and items["grad_cache"]["max_relative_grad_difference"] < 1e-4
     assert items["embed"]["rows"] == 48 and items["embed"]["cosine_to_cpu_fp32"]["min"] >= 0.999
     assert items["serve"]["requests"] == 32 and items["serve"]["cosine_to_cpu_fp32"]["min"] >= 0.999
-    for stage in ("zero1", "zero3"):  # ZeRO-3's export gathers the full weights from the partitions
-        assert items["deepspeed"][stage]["steps"] == 6 and items["deepspeed"][stage]["export_equals_trained"]
+    # ZeRO-3's export gathers the full weights from the partitions (ZeRO-2 runs in test_mlm_train)
+    assert items["deepspeed"]["zero3"]["steps"] == 6 and items["deepspeed"]["zero3"]["export_equals_trained"]
 
 
 def test_bad_arguments_and_a_missing_gpu_are_one_line_each():

@@ -2,7 +2,9 @@
 
 A piece is the unit of work and of resume: bounded in rows (and jsonl bytes) whatever the file's layout, found
 without embedding anything (parquet footers, jsonl line ends), and named by a stable key that includes its
-file's fingerprint (size and modification time), so a changed file makes new pieces. `read_pieces` is the one
+files' fingerprints (size and modification time), so a changed file makes new pieces. A piece is one row range
+of a large file, or several small files whole (`group_small_files`): each piece costs the same fixed work
+whatever it holds, and a corpus of millions of tiny files must not pay it per file. `read_pieces` is the one
 Ray Data reader of every job that streams text: a task per piece reads it and hands its table to the job's next
 step. A file that cannot be read at all is reported (`InputPlan.unreadable`, `UnreadableInput`), never a
 traceback; a row that cannot be used keeps its place with the reason.
@@ -35,6 +37,8 @@ READ_BATCH_ROWS = 65536  # parquet rows decoded at a time when a piece is a rang
 # and for an object store that fails: either way the file is reported and retried by the next run, not committed
 UNREADABLE_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError)
 PLANNING_THREADS = 32  # files whose footers (parquet) or line ends (jsonl) are read at once while planning
+GROUP_FILES = 256  # small files per piece on average, at most (a boundary every ~256 files, by path)
+GROUP_MAX_FILES = 1024  # small files per piece at most (a long run without a boundary)
 
 
 class UnreadableInput(Exception):
@@ -50,16 +54,37 @@ class InputFile:
 
 
 @dataclass(frozen=True)
-class Piece:
+class Span:
+    """Rows of one file: parquet rows [start, stop), or the jsonl lines that start in bytes [start, stop)."""
+
     uri: str  # the file, as a path of the input's filesystem
     format: str  # parquet | jsonl
-    start: int  # parquet: first row; jsonl: first byte
+    start: int
     stop: int  # exclusive
-    fingerprint: str  # the file's when the piece was planned
+    fingerprint: str  # the file's when the span was planned
+
+
+@dataclass(frozen=True)
+class Piece:
     key: str
+    spans: tuple[Span, ...]  # a range of one file, or several small files whole (one format), read in order
+
+    @property
+    def format(self) -> str:
+        return self.spans[0].format
+
+    def describe(self) -> str:
+        """Where the piece is, for reports: its first span, and how many files follow."""
+        first = self.spans[0]
+        more = f" and {len(self.spans) - 1} more files" if len(self.spans) > 1 else ""
+        return f"{first.uri} [{first.start}, {first.stop}){more}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"key": self.key, "spans": [asdict(span) for span in self.spans]}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> Piece:
+        return cls(fields["key"], tuple(Span(**span) for span in fields["spans"]))
 
 
 @dataclass
@@ -81,7 +106,8 @@ def file_digest(path: str) -> str:
 
 
 def key_file_digest(key: str) -> str:
-    """The file part of a piece key (keys are <stem>-<file digest>-<fingerprint>-<start>)."""
+    """The (first) file part of a piece key: keys are <stem>-<file digest>-<fingerprint>-<start>, and for a group
+    of small files <first file's stem>-<its digest>-<digest of every span>-g<files>."""
     return key.rsplit("-", 3)[1]
 
 
@@ -90,8 +116,12 @@ def file_key(path: str) -> str:
     return f"{posixpath.basename(path).split('.')[0].lstrip('_.') or 'file'}-{file_digest(path)}"
 
 
-def _piece_key(file: InputFile, start: int) -> str:
-    return f"{file_key(file.path)}-{file.fingerprint}-{start}"
+def _piece_key(spans: list[Span]) -> str:
+    first = spans[0]
+    if len(spans) == 1:
+        return f"{file_key(first.uri)}-{first.fingerprint}-{first.start}"
+    members = "|".join(f"{span.uri}:{span.fingerprint}:{span.start}:{span.stop}" for span in spans)
+    return f"{file_key(first.uri)}-{hashlib.sha1(members.encode()).hexdigest()[:8]}-g{len(spans)}"
 
 
 def list_input_files(config: InputConfig, section: str = "input") -> tuple[pafs.FileSystem, list[InputFile]]:
@@ -168,25 +198,35 @@ def _line_starts(handle, start: int, stop: int) -> np.ndarray:
     return np.concatenate([[0], starts]) if start == 0 and stop > 0 else starts
 
 
-def _byte_ranges(fs, file: InputFile, piece_bytes: int, max_rows: int) -> list[tuple[int, int]]:
-    """Byte ranges of a jsonl file: piece_bytes each, cut further so that at most max_rows lines start in one;
-    a range where no line starts (inside one long line) is no piece."""
+def _byte_ranges(fs, file: InputFile, piece_bytes: int, max_rows: int) -> list[tuple[int, int, int]]:
+    """(start, stop, rows at most) of a jsonl file: piece_bytes each, cut further so that at most max_rows lines
+    start in one; a range where no line starts (inside one long line) is no piece."""
     ranges = []
     with fs.open_input_file(file.path) as handle:
         for start in range(0, file.size, piece_bytes):
             stop = min(start + piece_bytes, file.size)
             if piece_bytes <= max_rows:  # fewer bytes than max_rows: cannot hold more lines, no need to look
-                ranges.append((start, stop))
+                ranges.append((start, stop, stop - start))
                 continue
             starts = _line_starts(handle, start, stop)
             cuts = [start, *starts[max_rows::max_rows].tolist(), stop] if len(starts) else []
-            ranges += list(zip(cuts, cuts[1:]))
+            rows = [max_rows] * (len(cuts) - 2) + [len(starts) - max_rows * (len(cuts) - 2)] if cuts else []
+            ranges += [(low, high, count) for low, high, count in zip(cuts, cuts[1:], rows)]
     return ranges
 
 
-def _file_pieces(fs, file: InputFile, config: InputConfig, section: str, max_rows: int) -> list[Piece]:
+@dataclass
+class _FileSpans:
+    """A file's planned spans with their rows, and what files must share to be read as one piece."""
+
+    file: InputFile
+    spans: list[tuple[Span, int]]  # (span, rows at most)
+    shape: str  # jsonl, or a parquet file's arrow schema (a group's tables are concatenated)
+
+
+def _file_spans(fs, file: InputFile, config: InputConfig, section: str, max_rows: int) -> _FileSpans:
     if file.format == "jsonl":
-        ranges = _byte_ranges(fs, file, config.bytes_per_piece, max_rows)
+        ranges, shape = _byte_ranges(fs, file, config.bytes_per_piece, max_rows), "jsonl"
     else:
         with fs.open_input_file(file.path) as handle:
             metadata = pq.ParquetFile(handle).metadata
@@ -197,33 +237,70 @@ def _file_pieces(fs, file: InputFile, config: InputConfig, section: str, max_row
                     f"{section}.{key}: {file.path} has no column {getattr(config, key)!r} (columns: {sorted(names)}); "
                     f"set {section}.{key}"
                 )
-        ranges = _row_ranges([metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)],
-                             max_rows)
-    return [Piece(file.path, file.format, start, stop, file.fingerprint, _piece_key(file, start))
-            for start, stop in ranges]
+        ranges = [(start, stop, stop - start) for start, stop in _row_ranges(
+            [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)], max_rows)]
+        shape = metadata.schema.to_arrow_schema().remove_metadata().to_string()
+    spans = [(Span(file.path, file.format, start, stop, file.fingerprint), rows) for start, stop, rows in ranges]
+    return _FileSpans(file, spans, shape)
+
+
+def _starts_group(file: InputFile) -> bool:
+    """Whether a small file begins a new group whatever came before it: decided by its path alone, so adding,
+    removing or changing one file regroups only the files between two such boundaries."""
+    return int(file_digest(file.path), 16) % GROUP_FILES == 0
+
+
+def _pieces(planned: list[_FileSpans], config: InputConfig, max_rows: int) -> list[Piece]:
+    """Pieces in file order: each span of a large file alone; runs of small files (one span, fewer than max_rows
+    rows) together, up to max_rows rows, bytes_per_piece bytes and GROUP_MAX_FILES files, one shape per group."""
+    pieces, group, rows, size, shape = [], [], 0, 0, ""
+
+    def close() -> None:
+        if group:
+            pieces.append(Piece(_piece_key(group), tuple(group)))
+            group.clear()
+
+    for item in planned:
+        file = item.file
+        if len(item.spans) != 1 or item.spans[0][1] >= max_rows or not config.group_small_files:
+            close()
+            pieces += [Piece(_piece_key([span]), (span,)) for span, _ in item.spans]
+            continue
+        (span, span_rows), = item.spans
+        if group and (_starts_group(file) or rows + span_rows > max_rows or size + file.size > config.bytes_per_piece
+                      or len(group) == GROUP_MAX_FILES or item.shape != shape):
+            close()
+        if not group:
+            rows, size, shape = 0, 0, item.shape
+        group.append(span)
+        rows, size = rows + span_rows, size + file.size
+    close()
+    return pieces
 
 
 def plan_input(fs: pafs.FileSystem, files: list[InputFile], config: InputConfig, section: str = "input",
                max_rows: int | None = None) -> InputPlan:
     """Split files into pieces of at most min(rows_per_piece, max_rows) rows (parquet: whole row groups together,
-    larger ones cut; jsonl: bytes_per_piece ranges cut at line starts); a file that cannot be read is listed
-    in `unreadable` with the reason. A parquet file without the configured columns is a ConfigError naming
-    <section>.<key>. Files are read PLANNING_THREADS at a time (object stores: one request's latency each)."""
+    larger ones cut; jsonl: bytes_per_piece ranges cut at line starts; small files grouped); a file that cannot
+    be read is listed in `unreadable` with the reason. A parquet file without the configured columns is a
+    ConfigError naming <section>.<key>. Files are read PLANNING_THREADS at a time (object stores: one request's
+    latency each)."""
     max_rows = min(config.rows_per_piece, max_rows or config.rows_per_piece)
 
-    def pieces(file: InputFile) -> list[Piece] | str:
+    def spans(file: InputFile) -> _FileSpans | str:
         try:
-            return _file_pieces(fs, file, config, section, max_rows)
+            return _file_spans(fs, file, config, section, max_rows)
         except UNREADABLE_ERRORS as exc:
             return _reason(exc)
 
-    plan = InputPlan()
+    plan, planned = InputPlan(), []
     with ThreadPoolExecutor(min(PLANNING_THREADS, len(files) or 1)) as pool:  # footers and line ends: I/O bound
-        for file, found in zip(files, pool.map(pieces, files)):  # in file order, as the pieces' keys expect
+        for file, found in zip(files, pool.map(spans, files)):  # in file order, as the groups expect
             if isinstance(found, str):
                 plan.unreadable.append((file.path, found))
             else:
-                plan.pieces += found
+                planned.append(found)
+    plan.pieces = _pieces(planned, config, max_rows)
     return plan
 
 
@@ -252,7 +329,7 @@ def _check_text(text) -> str | None:
     return None
 
 
-def _byte_range_lines(fs, piece: Piece):
+def _byte_range_lines(fs, piece: Span):
     """(offset, line) of every line that starts inside [start, stop): a line belongs to the piece it starts in."""
     begin = max(piece.start - 1, 0)
     with fs.open_input_file(piece.uri) as handle:
@@ -334,40 +411,34 @@ def _valid_utf8(name: str, column: pa.ChunkedArray, errors: list[str | None]) ->
         except UnicodeDecodeError as exc:
             decoded.append(None)
             errors[row] = errors[row] or f"{name} is not valid UTF-8 (byte {exc.start})"
-    return pa.chunked_array([pa.array(decoded, pa.string())])
+    return pa.chunked_array([pa.array(decoded, column.type)])
 
 
-def _check_unchanged(fs, piece: Piece) -> None:
-    if fingerprint(fs.get_file_info(piece.uri), fs) != piece.fingerprint:
-        raise UnreadableInput(f"{piece.uri} changed after the job planned its pieces; run the job again to embed "
+def _check_unchanged(fs, span: Span) -> None:
+    if fingerprint(fs.get_file_info(span.uri), fs) != span.fingerprint:
+        raise UnreadableInput(f"{span.uri} changed after the job planned its pieces; run the job again to embed "
                               "what it holds now")
 
 
-def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[str | None], list[str]]:
-    """(values, errors, where) of a piece's rows: the named columns as the file holds them (parquet: arrow
-    columns, null where the file has no such column; jsonl: lists of parsed values, None where a row lacks
-    the key), the reason a row cannot be read at all (a jsonl line that is not a JSON object, or holds a lone
-    surrogate in one of the columns) and where each row is (file and row number or byte offset). `path` is the
-    input's configured path (its filesystem). A piece that cannot be read at all, or whose file changed since
-    planning, raises UnreadableInput."""
-    fs, _ = resolve(path)
+def _read_span(fs, span: Span, columns: list[str]) -> tuple[dict, list[str | None], list[str]]:
+    """read_rows of one span."""
     try:
-        _check_unchanged(fs, piece)
-        if piece.format == "parquet":
-            with fs.open_input_file(piece.uri) as handle:
+        _check_unchanged(fs, span)
+        if span.format == "parquet":
+            with fs.open_input_file(span.uri) as handle:
                 file = pq.ParquetFile(handle)
                 present = [name for name in dict.fromkeys(columns) if name in file.schema_arrow.names]
-                table = _parquet_rows(file, piece.start, piece.stop, present)
+                table = _parquet_rows(file, span.start, span.stop, present)
         else:
-            lines = list(_byte_range_lines(fs, piece))
+            lines = list(_byte_range_lines(fs, span))
     except UNREADABLE_ERRORS as exc:
-        raise UnreadableInput(f"{piece.uri} cannot be read: {_reason(exc)}") from None
-    if piece.format == "parquet":
-        rows = piece.stop - piece.start
+        raise UnreadableInput(f"{span.uri} cannot be read: {_reason(exc)}") from None
+    if span.format == "parquet":
+        rows = span.stop - span.start
         errors: list[str | None] = [None] * rows
         values = {name: _valid_utf8(name, table.column(name), errors) if name in present else pa.nulls(rows)
                   for name in columns}
-        return values, errors, [f"{piece.uri} row {piece.start + row}" for row in range(rows)]
+        return values, errors, [f"{span.uri} row {span.start + row}" for row in range(rows)]
     values, errors, where = {name: [] for name in columns}, [], []
     for offset, line in lines:
         if not line.strip():
@@ -379,8 +450,32 @@ def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[s
         for name in values:
             values[name].append(None if row is None else row.get(name))
         errors.append(error)
-        where.append(f"{piece.uri} byte {offset}")
+        where.append(f"{span.uri} byte {offset}")
     return values, errors, where
+
+
+def _concatenated(parts: list) -> list | pa.ChunkedArray:
+    """One column of several spans: jsonl lists joined, parquet arrays as one chunked array (a group's files share
+    their schema)."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], list):
+        return [value for part in parts for value in part]
+    return pa.chunked_array([chunk for part in parts
+                             for chunk in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])])
+
+
+def read_rows(piece: Piece, path: str, columns: list[str]) -> tuple[dict, list[str | None], list[str]]:
+    """(values, errors, where) of a piece's rows, its spans in order: the named columns as the files hold them
+    (parquet: arrow columns, null where the file has no such column; jsonl: lists of parsed values, None where a
+    row lacks the key), the reason a row cannot be read at all (a jsonl line that is not a JSON object, or holds
+    a lone surrogate in one of the columns) and where each row is (file and row number or byte offset). `path`
+    is the input's configured path (its filesystem). A piece with a file that cannot be read at all, or that
+    changed since planning, raises UnreadableInput naming that file."""
+    fs, _ = resolve(path)
+    parts = [_read_span(fs, span, columns) for span in piece.spans]
+    values = {name: _concatenated([part[0][name] for part in parts]) for name in columns}
+    return values, [error for part in parts for error in part[1]], [where for part in parts for where in part[2]]
 
 
 def as_list(column) -> list:
@@ -424,7 +519,7 @@ def read_piece(piece: Piece, config: InputConfig) -> pa.Table:
 
 def _read_piece_task(batch: pa.Table, read: Callable[..., pa.Table], read_kwargs: dict) -> pa.Table:
     (fields,) = batch.to_pylist()
-    return read(Piece(**fields), **read_kwargs)
+    return read(Piece.from_dict(fields), **read_kwargs)
 
 
 def read_pieces(pieces: list[Piece], cpus: float, read: Callable[..., pa.Table] = read_piece,

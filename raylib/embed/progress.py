@@ -16,6 +16,11 @@ from raylib.console import ProgressLine, duration
 from raylib.data.sources import Piece
 
 
+def _extent(piece: Piece) -> int:
+    """A piece's rows (parquet) or bytes (jsonl)."""
+    return sum(span.stop - span.start for span in piece.spans)
+
+
 class EmbedProgress:
     """`with EmbedProgress(pieces) as progress:` then `progress.add(counts)` per batch of committed pieces; the
     line is ended on leaving."""
@@ -23,8 +28,8 @@ class EmbedProgress:
     def __init__(self, pieces: list[Piece], line: ProgressLine | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.pieces = {piece.key: piece for piece in pieces}
-        self.exact_rows = sum(piece.stop - piece.start for piece in pieces if piece.format == "parquet")
-        self.jsonl_bytes = sum(piece.stop - piece.start for piece in pieces if piece.format != "parquet")
+        self.exact_rows = sum(_extent(piece) for piece in pieces if piece.format == "parquet")
+        self.jsonl_bytes = sum(_extent(piece) for piece in pieces if piece.format != "parquet")
         self.line = line or ProgressLine(clock=clock)
         self.clock, self.started = clock, clock()
         self.done = {"pieces": 0, "rows": 0, "tokens": 0}  # rows: input rows, bad ones included
@@ -38,7 +43,7 @@ class EmbedProgress:
             piece = self.pieces[key]
             if piece.format != "parquet":
                 self.jsonl_done[0] += rows
-                self.jsonl_done[1] += piece.stop - piece.start
+                self.jsonl_done[1] += _extent(piece)
             self.done["pieces"] += 1
             self.done["rows"] += rows
         self.done["tokens"] += int(pc.sum(counts.column("tokens")).as_py() or 0)

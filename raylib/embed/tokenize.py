@@ -25,7 +25,7 @@ def tokenize_piece(piece: Piece, config: InputConfig, tokenizer: PromptTokenizer
     try:
         table = read_piece(piece, config)
     except UnreadableInput as exc:
-        OutputStore(output_uri).report_unreadable(piece.key, f"{piece.uri} [{piece.start}, {piece.stop})", str(exc))
+        OutputStore(output_uri).report_unreadable(piece.key, piece.describe(), str(exc))
         table = EMPTY
     else:
         if len(table) == 0:
