@@ -9,12 +9,10 @@ import math
 import numpy as np
 import pyarrow as pa
 import ray
-import torch
 
 from raylib.config import EmbedJobConfig
 from raylib.data.tokens import TOKENS
 from raylib.embed.vectors import encode
-from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_spec
 
 
@@ -24,6 +22,10 @@ class EmbedActor:
 
     def __init__(self, model_json: str, input_type: str, batch_tokens: int, threads: int, dtype: str = "float32",
                  ranges: list | None = None):
+        import torch  # here, not at the top: the driver imports this module too, and needs neither
+
+        from raylib.models.embedder import Embedder
+
         torch.set_num_threads(threads)
         self.embedder = Embedder(resolve_spec(**json.loads(model_json)))  # on the GPU Ray gave it, if any
         self.prompt_length = self.embedder.tokenize.prompt_length(input_type)

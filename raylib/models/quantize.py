@@ -20,7 +20,6 @@ Hamming distance of packed bits (-0.06).
 from __future__ import annotations
 
 import numpy as np
-from sentence_transformers.util.quantization import quantize_embeddings
 
 PRECISIONS = ("int8", "uint8", "binary", "ubinary")
 SCALAR = ("int8", "uint8")  # need calibration ranges
@@ -46,6 +45,9 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
             raise ValueError(f"{precision} needs calibration ranges (see calibration_ranges)")
         if np.shape(ranges) != (2, vectors.shape[1]):
             raise ValueError(f"ranges of shape {np.shape(ranges)} do not fit vectors of {vectors.shape[1]} dimensions")
+    # imported here: sentence-transformers takes seconds to import, and most jobs never quantize
+    from sentence_transformers.util.quantization import quantize_embeddings
+
     return quantize_embeddings(vectors, precision, ranges=None if ranges is None else np.asarray(ranges, np.float32))
 
 

@@ -1,0 +1,201 @@
+"""How the embed job's own cost grows with the input: a tiny random model (so the model costs almost nothing and
+the platform's overhead shows), synthetic short texts, each job run as a user runs it (`python jobs/embed.py`,
+a process of its own). Prints one JSON object.
+
+    python bench/embed_scale.py [--base-rows 20000] [--files 10000]
+
+Figures:
+  startup        a 10-row job on embedded Ray, command to exit (Ray's start included), and the same job joining a
+                 running Ray (the baseline the scale runs subtract)
+  scale          1x, 4x, 16x base rows in parquet files of rows_per_piece rows (one piece each), joining one running
+                 Ray: wall seconds, seconds after start-up, their growth against linear, driver peak RSS (VmHWM),
+                 machine CPU-seconds per piece (all processes: on a quiet machine, the job's)
+  small_files    --files jsonl files of 2 rows: planning seconds (plan_input in this process), the job's wall
+                 seconds, a re-run with every piece done (planning included), pieces
+  manifest       listing a manifest of 10,000 finished pieces (what a resume reads of the output)
+
+Targets (issue 23, this machine): 16x rows <= 17.6x the 1x time after start-up; driver peak RSS at 16x <= 1.2x
+that at 1x; planning 10,000 files <= 30 s; a resume with every piece done <= 10 s for 10,000 pieces; 10,000
+two-row files <= 200 s beyond start-up; start-up (10-row job, command to exit) <= 12 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# the Ray this script starts and the jobs that join it share a token (Ray reads these when imported)
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+from transformers import BertConfig, BertModel  # noqa: E402
+
+from raylib.config import InputConfig  # noqa: E402
+from raylib.data.sources import list_input_files, plan_input  # noqa: E402
+from raylib.embed.store import OutputStore  # noqa: E402
+from raylib.models.spec import resolve_model_path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS_PER_PIECE = 2500
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def tiny_model(directory: Path) -> Path:
+    """A random 1-layer BERT with the bundled tokenizer."""
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        source = resolve_model_path("bundled") / name
+        if source.is_file():
+            (directory / name).write_bytes(source.read_bytes())
+    return directory
+
+
+def text(row: int) -> str:
+    return " ".join(WORDS[(row * 7 + word) % len(WORDS)] for word in range(8))
+
+
+def write_parquet_corpus(directory: Path, rows: int) -> Path:
+    directory.mkdir(parents=True)
+    for start in range(0, rows, ROWS_PER_PIECE):
+        ids = range(start, min(start + ROWS_PER_PIECE, rows))
+        pq.write_table(pa.table({"id": [f"r{row}" for row in ids], "text": [text(row) for row in ids]}),
+                       directory / f"part-{start // ROWS_PER_PIECE:05d}.parquet")
+    return directory
+
+
+def write_small_files(directory: Path, files: int) -> Path:
+    directory.mkdir(parents=True)
+    for index in range(files):
+        lines = (json.dumps({"id": f"f{index}-{row}", "text": text(index + row)}) for row in range(2))
+        (directory / f"doc-{index:06d}.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def run_job(config: Path, env: dict) -> dict:
+    """Run `python jobs/embed.py --config <config>`: wall seconds, the driver's peak RSS (VmHWM, sampled until it
+    exits), machine CPU-seconds, and the summary's key=value figures."""
+    cpu, started = busy_cpu_seconds(), time.perf_counter()
+    job = subprocess.Popen([sys.executable, "jobs/embed.py", "--config", str(config)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_kb = 0
+    while job.poll() is None:
+        try:
+            status = Path(f"/proc/{job.pid}/status").read_text()
+            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            pass
+        time.sleep(0.1)
+    output = job.stdout.read()
+    wall = time.perf_counter() - started
+    if job.returncode != 0:
+        raise SystemExit(f"job failed ({job.returncode}):\n{output[-3000:]}")
+    line = next(line for line in output.splitlines() if line.startswith("embedded "))
+    figures = dict(item.split("=", 1) for item in line.split() if "=" in item)
+    return {"wall_s": round(wall, 2), "driver_peak_rss_mb": round(peak_kb / 1024, 1),
+            "machine_cpu_s": round(busy_cpu_seconds() - cpu, 2), "rows": int(figures["rows"]),
+            "pieces": int(figures["pieces"]), "skipped": int(figures["skipped"]),
+            "job_seconds": float(figures["seconds"]), "embed_seconds": float(figures["embed_seconds"])}
+
+
+def write_config(path: Path, source: Path, output: Path, model: Path) -> Path:
+    path.write_text(json.dumps({
+        "input": {"path": str(source), "rows_per_piece": ROWS_PER_PIECE},
+        "model": {"path": str(model)},
+        "output": {"path": str(output)},
+        "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1},
+    }))
+    return path
+
+
+def manifest_listing(scratch: Path, pieces: int = 10_000) -> dict:
+    """Seconds to list a manifest of `pieces` finished pieces."""
+    manifest = scratch / "manifest-only" / "_manifest"
+    manifest.mkdir(parents=True)
+    for index in range(pieces):
+        (manifest / f"piece-{index:06d}.json").write_text('{"rows": 2}')
+    started = time.perf_counter()
+    found = OutputStore(str(manifest.parent)).finished()
+    return {"pieces": len(found), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-rows", type=int, default=20_000)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--files", type=int, default=10_000)
+    args = parser.parse_args()
+    report: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "rows_per_piece": ROWS_PER_PIECE}
+    with tempfile.TemporaryDirectory(prefix="embed-scale-") as scratch_name:
+        scratch = Path(scratch_name)
+        model = tiny_model(scratch / "tiny-bert")
+        one_file = scratch / "ten-rows"
+        one_file.mkdir()
+        (one_file / "docs.jsonl").write_text("".join(json.dumps({"id": str(i), "text": text(i)}) + "\n"
+                                                     for i in range(10)))
+        embedded_env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        startup = {"embedded": run_job(write_config(scratch / "s1.json", one_file, scratch / "s1", model),
+                                       embedded_env)}
+
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        startup["joining"] = run_job(write_config(scratch / "s2.json", one_file, scratch / "s2", model), env)
+        report["startup"] = startup
+        base = startup["joining"]["wall_s"]
+
+        scale = {}
+        for factor in args.scales:
+            source = write_parquet_corpus(scratch / f"rows-{factor}x", args.base_rows * factor)
+            result = run_job(write_config(scratch / f"x{factor}.json", source, scratch / f"out-{factor}x", model),
+                             env)
+            result["after_startup_s"] = round(result["wall_s"] - base, 2)
+            result["machine_cpu_s_per_piece"] = round(result["machine_cpu_s"] / result["pieces"], 3)
+            scale[f"{factor}x"] = result
+        first = scale[f"{args.scales[0]}x"]
+        for factor in args.scales[1:]:
+            result, ratio = scale[f"{factor}x"], factor // args.scales[0]
+            result["time_vs_linear"] = round(result["after_startup_s"] / (ratio * first["after_startup_s"]), 3)
+            result["rss_vs_first"] = round(result["driver_peak_rss_mb"] / first["driver_peak_rss_mb"], 3)
+        report["scale"] = scale
+
+        source = write_small_files(scratch / "small-files", args.files)
+        config = InputConfig(path=str(source))
+        started = time.perf_counter()
+        plan = plan_input(*list_input_files(config), config)
+        small = {"files": args.files, "planning_s": round(time.perf_counter() - started, 2),
+                 "pieces": len(plan.pieces)}
+        job_config = write_config(scratch / "small.json", source, scratch / "out-small", model)
+        small["first_run"] = run_job(job_config, env)
+        small["first_run"]["after_startup_s"] = round(small["first_run"]["wall_s"] - base, 2)
+        small["resume_nothing_to_do"] = run_job(job_config, env)
+        report["small_files"] = small
+        report["manifest_10000_pieces"] = manifest_listing(scratch)
+        ray.shutdown()
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
