@@ -13,6 +13,7 @@ traceback; a row that cannot be used keeps its place with the reason.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import io
 import json
@@ -25,7 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 import ray.data
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from raylib.config import ConfigError, InputConfig
 from raylib.storage import resolve
@@ -517,18 +521,36 @@ def read_piece(piece: Piece, config: InputConfig) -> pa.Table:
     })
 
 
-def _read_piece_task(batch: pa.Table, read: Callable[..., pa.Table], read_kwargs: dict) -> pa.Table:
-    (fields,) = batch.to_pylist()
-    return read(Piece.from_dict(fields), **read_kwargs)
+class _PieceSource(Datasource):
+    """The pieces as Ray Data read tasks, one per piece: the executor starts them as the pipeline has room, so
+    a plan of millions of pieces is never put into the object store up front."""
+
+    def __init__(self, pieces: list[Piece], read: Callable[..., pa.Table], read_kwargs: dict):
+        self.pieces, self.read = pieces, read
+        self.read_kwargs = ray.put(read_kwargs)  # a tokenizer among them: stored once, not in every task
+
+    def estimate_inmemory_data_size(self) -> None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        return [ReadTask(functools.partial(_read_piece_task, piece.to_dict(), self.read, self.read_kwargs),
+                         BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=None))
+                for piece in self.pieces]
+
+
+def _read_piece_task(fields: dict, read: Callable[..., pa.Table], read_kwargs: ray.ObjectRef) -> list[pa.Table]:
+    return [read(Piece.from_dict(fields), **ray.get(read_kwargs))]
 
 
 def read_pieces(pieces: list[Piece], cpus: float, read: Callable[..., pa.Table] = read_piece,
                 **read_kwargs) -> ray.data.Dataset:
     """The one Ray Data reader of the jobs that stream input: a dataset with one block per piece, made by a
-    task (asking for `cpus`) that returns read(piece, **read_kwargs) -- read_piece, or a job's function that
+    read task (asking for `cpus`) that returns read(piece, **read_kwargs) -- read_piece, or a job's function that
     reads the piece with it (or with read_rows) and goes on, so that a piece travels whole to the next stage."""
-    blocks = max(len(pieces), 1)  # no pieces (only empty files): an empty dataset
-    dataset = ray.data.from_items([piece.to_dict() for piece in pieces], override_num_blocks=blocks)
+    if not pieces:  # only empty files
+        return ray.data.from_items([])
+    dataset = ray.data.read_datasource(_PieceSource(pieces, read, read_kwargs), override_num_blocks=len(pieces),
+                                       ray_remote_args={"num_cpus": cpus})
     dataset.context.target_max_block_size = None  # Ray Data would split a block over ~128 MiB: never split a piece
-    return dataset.map_batches(_read_piece_task, batch_size=1, batch_format="pyarrow", num_cpus=cpus,
-                               fn_kwargs={"read": read, "read_kwargs": read_kwargs})
+    return dataset
