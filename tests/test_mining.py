@@ -3,12 +3,16 @@ neither the positive nor above the positive-aware threshold; bad rows are report
 
 import json
 
+import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from raylib.config import MineJobConfig, PairsDatasetConfig, job_main
+from raylib.config import MineJobConfig, MineSearchConfig, PairsDatasetConfig, job_main
 from raylib.data.pairs import pairs_dataset
 from raylib.data.sample_sets import docstring_training_rows
+from raylib.mine.index import build_index
 from raylib.mine.run import run_mining
 from raylib.models.embedder import Embedder
 from tests.conftest import write_jsonl
@@ -20,8 +24,7 @@ def mining_config(tmp_path, **changes) -> MineJobConfig:
     return MineJobConfig.model_validate({
         "pairs": {"path": str(tmp_path / "pairs")},
         "corpus": {"path": str(tmp_path / "corpus"), "id_column": None},
-        "negatives": K, "max_positive_ratio": 0.95, "search": "exact", "search_depth": 400,  # every candidate
-        "pipeline_above": 160,  # the ~200 documents go through the Ray Data pipeline, the 150 queries do not
+        "negatives": K, "max_positive_ratio": 0.95, "search_depth": 400,  # every candidate, exact search
         "compute": {"actors": 1},
         "output": {"path": str(tmp_path / "mined"), "rows_per_shard": 100},
         **changes,
@@ -88,3 +91,34 @@ def test_bad_mining_config_fails_before_any_work(tmp_path, capsys, change, messa
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error, error
     assert not (tmp_path / "mined").exists()
+
+
+def clustered_vectors(rows: int, dimensions: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vectors around random centres (uniform noise has no neighbourhoods for an IVF index to find)."""
+    centres = rng.standard_normal((clusters, dimensions)).astype(np.float32)
+    vectors = centres[rng.integers(0, clusters, rows)] + 0.4 * rng.standard_normal((rows, dimensions)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("exact_below, recall", [(1_000_000, 1.0), (0, 0.95)])
+def test_index_finds_the_nearest_documents(tmp_path, exact_below, recall):
+    """The search index the mining actors use, on synthetic unit vectors stored as the embed job writes them:
+    exact mode equals brute force, IVF mode (nlist 4 x sqrt(n), trained on a sample) finds most of the top 10;
+    both give a document's vector back by its key (the positive's score)."""
+    rng = np.random.default_rng(0)
+    documents, queries = clustered_vectors(4000, 32, 40, rng), clustered_vectors(200, 32, 40, rng)
+    keys = rng.choice(2**62, len(documents), replace=False).astype(np.int64)
+    for part in range(2):
+        rows = slice(part * 2000, (part + 1) * 2000)
+        pq.write_table(pa.table({"key": keys[rows], "embedding": pa.FixedSizeListArray.from_arrays(
+            documents[rows].reshape(-1), 32)}), tmp_path / f"piece-{part}.parquet")
+    settings = MineSearchConfig(exact_below=exact_below, nprobe=32)
+    index = faiss.deserialize_index(build_index(str(tmp_path), settings))
+    if exact_below == 0:
+        assert isinstance(index, faiss.IndexIVFFlat) and index.nlist == int(4 * np.sqrt(len(documents)))
+        index.nprobe = settings.nprobe  # as the search actors do
+    _, found = index.search(queries, 10)
+    truth = keys[np.argsort(-(queries @ documents.T), axis=1)[:, :10]]
+    hits = sum(len(set(row) & set(expected)) for row, expected in zip(found.tolist(), truth.tolist()))
+    assert hits / truth.size >= recall, hits / truth.size
+    assert np.allclose(index.reconstruct(int(keys[123])), documents[123])
