@@ -13,10 +13,14 @@ Figures:
   small_files    --files jsonl files of 2 rows: planning seconds (plan_input in this process), the job's wall
                  seconds, a re-run with every piece done (planning included), pieces
   manifest       listing a manifest of 10,000 finished pieces (what a resume reads of the output)
+  actor_share    the model actor's call on a tokenised piece of the sample corpus with the bundled model, in this
+                 process: the share of its time that is not the model's forward passes (arrow in and out, batching,
+                 the output's encoding); Ray's own per-call cost (moving the block) is not in it
 
 Targets (issue 23, this machine): 16x rows <= 17.6x the 1x time after start-up; driver peak RSS at 16x <= 1.2x
 that at 1x; planning 10,000 files <= 30 s; a resume with every piece done <= 10 s for 10,000 pieces; 10,000
-two-row files <= 200 s beyond start-up; start-up (10-row job, command to exit) <= 12 s.
+two-row files <= 200 s beyond start-up; start-up (10-row job, command to exit) <= 12 s; the platform's share of a
+model actor's time <= 5%.
 """
 
 from __future__ import annotations
@@ -40,10 +44,14 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
-from raylib.config import InputConfig  # noqa: E402
+from raylib.config import ComputeConfig, EmbedderConfig, InputConfig  # noqa: E402
+from raylib.data.sample_corpus import sample_documents  # noqa: E402
 from raylib.data.sources import list_input_files, plan_input  # noqa: E402
+from raylib.data.tokens import TOKENS, token_column  # noqa: E402
+from raylib.embed.actor import EmbedActor  # noqa: E402
 from raylib.embed.store import OutputStore  # noqa: E402
-from raylib.models.spec import resolve_model_path  # noqa: E402
+from raylib.models.spec import resolve_model_path, resolve_spec  # noqa: E402
+from raylib.models.tokenizer import PromptTokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_PIECE = 2500
@@ -142,11 +150,37 @@ def manifest_listing(scratch: Path, pieces: int = 10_000) -> dict:
     return {"pieces": len(found), "seconds": round(time.perf_counter() - started, 3)}
 
 
+def actor_share(rows: int, repeats: int = 3) -> dict:
+    """Seconds of EmbedActor's call on one tokenised piece and of the model's forward passes alone (the best of
+    `repeats` each); the rest is the platform's."""
+    documents = sample_documents(rows)
+    table = pa.table({"id": [doc["id"] for doc in documents], "text": [doc["text"] for doc in documents],
+                      "_error": pa.nulls(rows, pa.string())})
+    tokens = token_column(table, PromptTokenizer.from_spec(resolve_spec()))
+    piece = pa.table({"id": table.column("id"), TOKENS: tokens})
+    batch_tokens = ComputeConfig().batch_tokens  # the job's defaults: its batch size, one thread per actor
+    actor = EmbedActor(EmbedderConfig().model_dump_json(), "document", batch_tokens, threads=1)
+    sequences = [list(ids) for ids in tokens.to_pylist()]
+
+    def seconds(call) -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
+    times = [(seconds(lambda: actor(piece)),
+              seconds(lambda: actor.embedder.embed_tokens(sequences, batch_tokens, [actor.prompt_length] * rows)))
+             for _ in range(repeats)]  # interleaved: the machine's drift hits both alike
+    whole, model = min(call for call, _ in times), min(forward for _, forward in times)
+    return {"rows": rows, "call_s": round(whole, 3), "model_s": round(model, 3),
+            "platform_share": round(max(whole - model, 0.0) / whole, 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-rows", type=int, default=20_000)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--actor-rows", type=int, default=1024)
     args = parser.parse_args()
     report: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "rows_per_piece": ROWS_PER_PIECE}
     with tempfile.TemporaryDirectory(prefix="embed-scale-") as scratch_name:
@@ -194,6 +228,7 @@ def main() -> None:
         report["small_files"] = small
         report["manifest_10000_pieces"] = manifest_listing(scratch)
         ray.shutdown()
+    report["actor_share"] = actor_share(args.actor_rows)
     print(json.dumps(report, indent=1))
 
 
