@@ -5,6 +5,7 @@ unit vectors of the model's 384 dimensions (uniform noise has no neighbourhoods 
 index is searched at several nprobes x refine_factor settings. Prints one JSON object.
 
     python bench/index_recall.py [--rows 1000000] [--queries 500] [--kind ivf_pq] [--num-sub-vectors 48]
+                                 [--nprobes 16 32 64] [--refine 10 20]
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main() -> None:
     parser.add_argument("--kind", default="ivf_pq", choices=["ivf_pq", "ivf_hnsw_sq"])
     parser.add_argument("--num-partitions", type=int, default=None, help="synthetic set; None: LanceDB's default")
     parser.add_argument("--num-sub-vectors", type=int, default=48, help="ivf_pq codes per vector")
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[16, 32, 64], help="synthetic set's sweep")
+    parser.add_argument("--refine", type=int, nargs="+", default=[10, 20], help="synthetic set's sweep")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     report = {"cpu": cpu_name(), "target": TARGET}
@@ -127,7 +130,7 @@ def main() -> None:
         vectors = clustered(args.rows + args.queries, 384, args.clusters, rng)
         large = IndexConfig(path=directory, kind=args.kind, num_partitions=args.num_partitions,
                             num_sub_vectors=args.num_sub_vectors)
-        sweep = [{"nprobes": nprobes, "refine_factor": refine} for nprobes in (16, 32, 64) for refine in (10, 20)]
+        sweep = [{"nprobes": nprobes, "refine_factor": refine} for nprobes in args.nprobes for refine in args.refine]
         report["synthetic"] = {"clusters": args.clusters, **bench_index(
             db, "synthetic", vectors[:args.rows], vectors[args.rows:], ann_settings(large, args.rows), sweep)}
     print(json.dumps(report, indent=2))
