@@ -14,8 +14,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from raylib.cli import main
-from raylib.config import ConfigError, EmbedJobConfig
-from raylib.embed.index import SearchIndex, build_ann_index, connect, open_index
+from raylib.config import ConfigError, EmbedJobConfig, IndexConfig
+from raylib.embed.index import SearchIndex, ann_settings, build_ann_index, connect, open_index
 from raylib.embed.run import run_embed
 from raylib.embed.search import top_k_exact
 from raylib.embed.vectors import read_floats
@@ -97,7 +97,7 @@ def ann_job(ray_session, tmp_path_factory, documents):
     rows = documents[:260]
     for shard in range(2):
         write_jsonl(root / "in" / f"shard-{shard}.jsonl", rows[shard::2])
-    config = job_config(root, exact_below=0, num_partitions=4, num_sub_vectors=24)
+    config = job_config(root, kind="ivf_pq", exact_below=0, num_partitions=4, num_sub_vectors=24)
     return config, run_embed(config), rows
 
 
@@ -196,6 +196,19 @@ def test_a_bad_index_section_fails_before_any_work(tmp_path, documents, capsys, 
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert message in line and str(config) in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "db").exists()
+
+
+def test_the_default_index_finds_each_vectors_own_row(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((600, 32), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    table = connect(str(tmp_path / "db")).create_table("documents", data=pa.table({
+        "id": np.arange(600), "embedding": pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), 32)}))
+    settings = ann_settings(IndexConfig(path=str(tmp_path / "db"), exact_below=0, num_partitions=4), len(vectors))
+    build_ann_index(table, settings)
+    assert settings["kind"] == "ivf_hnsw_sq" and table.list_indices()[0].index_type == "IvfHnswSq"
+    found = SearchIndex(table, {}, settings).nearest(vectors[:50], 1)
+    assert [result.column("id").to_pylist() for result in found] == [[row] for row in range(50)]
 
 
 def test_an_index_in_a_bucket_is_reached_with_the_projects_uri_form(s3):
