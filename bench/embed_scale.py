@@ -28,10 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +39,7 @@ os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
+from job_runs import cpu_model, run_job, tiny_model  # noqa: E402  (bench/)
 
 from raylib.config import ComputeConfig, EmbedderConfig, InputConfig  # noqa: E402
 from raylib.data.sample_corpus import sample_documents  # noqa: E402
@@ -50,36 +47,17 @@ from raylib.data.sources import list_input_files, plan_input  # noqa: E402
 from raylib.data.tokens import TOKENS, token_column  # noqa: E402
 from raylib.embed.actor import EmbedActor  # noqa: E402
 from raylib.embed.store import OutputStore  # noqa: E402
-from raylib.models.spec import resolve_model_path, resolve_spec  # noqa: E402
+from raylib.models.spec import resolve_spec  # noqa: E402
 from raylib.models.tokenizer import PromptTokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 ROWS_PER_PIECE = 2500
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def busy_cpu_seconds() -> float:
     """CPU-seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
     fields = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def tiny_model(directory: Path) -> Path:
-    """A random 1-layer BERT with the bundled tokenizer."""
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        source = resolve_model_path("bundled") / name
-        if source.is_file():
-            (directory / name).write_bytes(source.read_bytes())
-    return directory
 
 
 def text(row: int) -> str:
@@ -103,27 +81,13 @@ def write_small_files(directory: Path, files: int) -> Path:
     return directory
 
 
-def run_job(config: Path, env: dict) -> dict:
-    """Run `python jobs/embed.py --config <config>`: wall seconds, the driver's peak RSS (VmHWM, sampled until it
-    exits), machine CPU-seconds, and the summary's key=value figures."""
-    cpu, started = busy_cpu_seconds(), time.perf_counter()
-    job = subprocess.Popen([sys.executable, "jobs/embed.py", "--config", str(config)], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_kb = 0
-    while job.poll() is None:
-        try:
-            status = Path(f"/proc/{job.pid}/status").read_text()
-            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            pass
-        time.sleep(0.1)
-    output = job.stdout.read()
-    wall = time.perf_counter() - started
-    if job.returncode != 0:
-        raise SystemExit(f"job failed ({job.returncode}):\n{output[-3000:]}")
-    line = next(line for line in output.splitlines() if line.startswith("embedded "))
-    figures = dict(item.split("=", 1) for item in line.split() if "=" in item)
-    return {"wall_s": round(wall, 2), "driver_peak_rss_mb": round(peak_kb / 1024, 1),
+def run_embed_job(config: Path, env: dict) -> dict:
+    """Run `python jobs/embed.py --config <config>`: wall seconds, the driver's peak RSS, machine CPU-seconds and
+    the summary's figures."""
+    cpu = busy_cpu_seconds()
+    run = run_job("jobs/embed.py", config, env, "embedded ")
+    figures = run["figures"]
+    return {"wall_s": round(run["wall_s"], 2), "driver_peak_rss_mb": run["driver_peak_rss_mb"],
             "machine_cpu_s": round(busy_cpu_seconds() - cpu, 2), "rows": int(figures["rows"]),
             "pieces": int(figures["pieces"]), "skipped": int(figures["skipped"]),
             "job_seconds": float(figures["seconds"]), "embed_seconds": float(figures["embed_seconds"])}
@@ -191,19 +155,19 @@ def main() -> None:
         (one_file / "docs.jsonl").write_text("".join(json.dumps({"id": str(i), "text": text(i)}) + "\n"
                                                      for i in range(10)))
         embedded_env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-        startup = {"embedded": run_job(write_config(scratch / "s1.json", one_file, scratch / "s1", model),
+        startup = {"embedded": run_embed_job(write_config(scratch / "s1.json", one_file, scratch / "s1", model),
                                        embedded_env)}
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-        startup["joining"] = run_job(write_config(scratch / "s2.json", one_file, scratch / "s2", model), env)
+        startup["joining"] = run_embed_job(write_config(scratch / "s2.json", one_file, scratch / "s2", model), env)
         report["startup"] = startup
         base = startup["joining"]["wall_s"]
 
         scale = {}
         for factor in args.scales:
             source = write_parquet_corpus(scratch / f"rows-{factor}x", args.base_rows * factor)
-            result = run_job(write_config(scratch / f"x{factor}.json", source, scratch / f"out-{factor}x", model),
+            result = run_embed_job(write_config(scratch / f"x{factor}.json", source, scratch / f"out-{factor}x", model),
                              env)
             result["after_startup_s"] = round(result["wall_s"] - base, 2)
             result["machine_cpu_s_per_piece"] = round(result["machine_cpu_s"] / result["pieces"], 3)
@@ -222,9 +186,9 @@ def main() -> None:
         small = {"files": args.files, "planning_s": round(time.perf_counter() - started, 2),
                  "pieces": len(plan.pieces)}
         job_config = write_config(scratch / "small.json", source, scratch / "out-small", model)
-        small["first_run"] = run_job(job_config, env)
+        small["first_run"] = run_embed_job(job_config, env)
         small["first_run"]["after_startup_s"] = round(small["first_run"]["wall_s"] - base, 2)
-        small["resume_nothing_to_do"] = run_job(job_config, env)
+        small["resume_nothing_to_do"] = run_embed_job(job_config, env)
         report["small_files"] = small
         report["manifest_10000_pieces"] = manifest_listing(scratch)
         ray.shutdown()

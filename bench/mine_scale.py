@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,34 +37,15 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
-from transformers import BertConfig, BertModel  # noqa: E402
+from job_runs import cpu_model, run_job, tiny_model  # noqa: E402  (bench/)
 
 from raylib.config import MineSearchConfig  # noqa: E402
 from raylib.mine.index import build_index  # noqa: E402
 from raylib.models.embedder import Embedder  # noqa: E402
-from raylib.models.spec import resolve_model_path, resolve_spec  # noqa: E402
+from raylib.models.spec import resolve_spec  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NEGATIVES, DEPTH = 7, 100
 SYLLABLES = "ka lo mi ne ru sa ti vo be da fe gu ha ji ko lu ma no pe ri so tu ve wa ye zo".split()
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
-
-
-def tiny_model(directory: Path) -> Path:
-    """A random 1-layer BERT with the bundled tokenizer."""
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                         max_position_embeddings=64)).save_pretrained(directory)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        source = resolve_model_path("bundled") / name
-        if source.is_file():
-            (directory / name).write_bytes(source.read_bytes())
-    return directory
 
 
 def sentence(rng: np.random.Generator, words: int) -> str:
@@ -92,7 +71,7 @@ def write_inputs(directory: Path, pairs: int, corpus: int, seed: int) -> tuple[l
     return rows, texts
 
 
-def run_job(directory: Path, model: str, ratio: float, env: dict, exact_below: int = 1_000_000) -> dict:
+def run_mine_job(directory: Path, model: str, ratio: float, env: dict, exact_below: int = 1_000_000) -> dict:
     """Run the mining job on directory/pairs and directory/corpus: wall seconds, driver peak RSS (VmHWM), counts."""
     config = directory / f"mine-{exact_below}.json"
     output = directory / f"mined-{exact_below}"
@@ -105,24 +84,9 @@ def run_job(directory: Path, model: str, ratio: float, env: dict, exact_below: i
         "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1},
         "output": {"path": str(output)},
     }))
-    started = time.perf_counter()
-    job = subprocess.Popen([sys.executable, "jobs/mine_negatives.py", "--config", str(config)], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_kb = 0
-    while job.poll() is None:
-        try:
-            status = Path(f"/proc/{job.pid}/status").read_text()
-            peak_kb = max(peak_kb, int(status.split("VmHWM:")[1].split()[0]))
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            pass
-        time.sleep(0.1)
-    log = job.stdout.read()
-    if job.returncode != 0:
-        raise SystemExit(f"job failed ({job.returncode}):\n{log[-3000:]}")
-    line = next(line for line in log.splitlines() if line.startswith("mined "))
-    figures = dict(item.split("=", 1) for item in line.split() if "=" in item)
-    return {"wall_s": round(time.perf_counter() - started, 1), "driver_peak_rss_mb": round(peak_kb / 1024, 1),
-            **{key: int(figures[key]) for key in ("pairs", "errors", "short", "filtered")},
+    run = run_job("jobs/mine_negatives.py", config, env, "mined ")
+    return {"wall_s": round(run["wall_s"], 1), "driver_peak_rss_mb": run["driver_peak_rss_mb"],
+            **{key: int(run["figures"][key]) for key in ("pairs", "errors", "short", "filtered")},
             "output": str(output)}
 
 
@@ -189,7 +153,7 @@ def main() -> None:
 
         check = scratch / "check"
         rows, corpus = write_inputs(check, args.check_pairs, args.check_pairs, seed=1)
-        job = run_job(check, "bundled", 0.95, env)
+        job = run_mine_job(check, "bundled", 0.95, env)
         documents = len({row["document"] for row in rows}) + len(corpus)
         share = brute_force_share(rows, corpus, mined_rows(job["output"]), Embedder(resolve_spec()), 0.95)
         report["brute_force"] = {"pairs": job["pairs"], "documents": documents, "short": job["short"],
@@ -199,7 +163,7 @@ def main() -> None:
         for factor in args.scales:
             directory = scratch / f"x{factor}"
             write_inputs(directory, args.pairs * factor, args.pairs * factor * args.corpus_per_pair, seed=factor)
-            scale[f"{factor}x"] = run_job(directory, str(model), 1.0, env)
+            scale[f"{factor}x"] = run_mine_job(directory, str(model), 1.0, env)
         first = scale[f"{args.scales[0]}x"]
         for factor in args.scales[1:]:
             result = scale[f"{factor}x"]
@@ -209,7 +173,7 @@ def main() -> None:
                            for name, result in scale.items()}
 
         directory = scratch / f"x{args.scales[0]}"
-        ivf = run_job(directory, str(model), 1.0, env, exact_below=0)
+        ivf = run_mine_job(directory, str(model), 1.0, env, exact_below=0)
         exact_rows, ivf_rows = mined_rows(first["output"]), mined_rows(ivf["output"])
         found = sum(len(set(a["negatives"]) & set(b["negatives"])) for a, b in zip(exact_rows, ivf_rows))
         wanted = sum(len(row["negatives"]) for row in exact_rows)
