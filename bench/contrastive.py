@@ -4,10 +4,15 @@
    at batch 64 and at batch 256, each in fresh processes; the plain step (no chunks) at 64 and 128 beside it.
 2. Steps/s of our training step (BiEncoder, a forward for queries and one for documents, InfoNCE, AdamW) vs
    sentence-transformers' MultipleNegativesRankingLoss on its own model, same data, batch and length.
+3. End to end, command to exit: the contrastive job (`jobs/train_contrastive.py`, embedded Ray, one worker with
+   every thread, its model published) vs sentence-transformers' `SentenceTransformerTrainer` with
+   MultipleNegativesRankingLoss (its model saved), same pairs file, batch, steps, learning rate and length, each
+   a process of its own; beside the wall time each one's steady-state step (median) and fixed seconds (wall
+   minus the steps).
 
 Prints one JSON object.
 
-    python bench/contrastive.py [--batch 32 --steps 12 --threads 2 --chunk 32]
+    python bench/contrastive.py [--batch 32 --steps 12 --threads 2 --chunk 32 --job-steps 125]
 """
 
 import argparse
@@ -17,12 +22,15 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 
 from raylib.config import ContrastiveJobConfig
+from raylib.data.sample_pairs import write_pairs
 from raylib.data.sample_sets import docstring_training_rows
 from raylib.models.spec import resolve_spec
 from raylib.train.contrastive import (
@@ -36,6 +44,7 @@ from raylib.train.grad_cache import grad_cache_step
 from raylib.train.losses import info_nce
 
 MAX_LENGTH = 128
+LEARNING_RATE, WARMUP_STEPS = 2e-5, 5
 
 
 def job_config(batch: int, chunk: int | None) -> ContrastiveJobConfig:
@@ -146,16 +155,124 @@ def steps_per_second(step, batches: list[list[dict]]) -> float:
     return 1 / statistics.median(times[2:])
 
 
+def job_yaml(directory: Path, batch: int, steps: int, threads: int) -> Path:
+    """The contrastive job's config for the end-to-end run: one worker with every thread, fp32 like ST."""
+    path = directory / "contrastive.yaml"
+    path.write_text(json.dumps({
+        "model": {"path": "bundled", "max_length": MAX_LENGTH}, "precision": "fp32",
+        "datasets": [{"name": "docstrings", "path": str(directory / "pairs")}], "hard_negatives": 0,
+        "batch_size": batch, "temperature": 0.05,
+        "optim": {"lr": LEARNING_RATE, "warmup_steps": WARMUP_STEPS, "max_steps": steps},
+        "scaling": {"num_workers": 1, "cpus_per_worker": threads - 0.25, "threads_per_worker": threads},
+        "checkpoint": {"storage_path": str(directory / "runs"), "name": "ours", "every_steps": steps},
+    }))
+    return path
+
+
+def run_timed(command: list[str]) -> tuple[float, str]:
+    """Wall seconds of a command run as its own process from the project root, and its output."""
+    started = time.perf_counter()
+    run = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"{command[1]} failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}")
+    return wall, run.stdout
+
+
+def sentence_transformers_fit(pairs: str, out: str, batch: int, steps: int, threads: int) -> None:
+    """What a sentence-transformers user runs: the trainer with MNRL on the pairs file; prints each step's
+    seconds as JSON."""
+    from datasets import load_dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from raylib.models.spec import resolve_model_path
+
+    class StepSeconds(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.last = [], time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            self.seconds.append(now - self.last)
+            self.last = now
+
+    torch.set_num_threads(threads)
+    model = SentenceTransformer(str(resolve_model_path("bundled")), device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    train = load_dataset("json", data_files=pairs, split="train").select_columns(["query", "document"])
+    clock = StepSeconds()
+    arguments = SentenceTransformerTrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LEARNING_RATE,
+        warmup_steps=WARMUP_STEPS, use_cpu=True, report_to=[], save_strategy="no", logging_steps=50,
+        dataloader_drop_last=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=arguments, train_dataset=train,
+                                         loss=MultipleNegativesRankingLoss(model, scale=20.0), callbacks=[clock])
+    trainer.train()
+    model.save(out)
+    print(json.dumps(clock.seconds))
+
+
+def end_to_end(batch: int, steps: int, threads: int) -> dict:
+    """The job and sentence-transformers' trainer, command to exit, on the same pairs file."""
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        write_pairs(str(directory / "pairs"), negatives=0)
+        ours_wall, _ = run_timed([sys.executable, "jobs/train_contrastive.py", "--config",
+                                  str(job_yaml(directory, batch, steps, threads))])
+        metrics = [json.loads(line) for line in (directory / "runs/ours/metrics.jsonl").read_text().splitlines()]
+        ours_steps = [row["seconds"] for row in metrics]
+        theirs_wall, output = run_timed([sys.executable, __file__, "--st-fit", str(directory / "pairs/pairs.jsonl"),
+                                         "--st-out", str(directory / "st"), "--batch", str(batch),
+                                         "--job-steps", str(steps), "--threads", str(threads)])
+        theirs_steps = json.loads(output.strip().splitlines()[-1])
+    return {
+        "batch": batch, "steps": steps, "threads": threads, "max_length": MAX_LENGTH, "precision": "fp32",
+        "ratio": round(theirs_wall / ours_wall, 2), "target_ratio": 1.0,
+        "ours": split_wall(ours_wall, ours_steps), "sentence_transformers": split_wall(theirs_wall, theirs_steps),
+    }
+
+
+def split_wall(wall: float, step_seconds: list[float]) -> dict:
+    """Where a run's wall time went: the steps (the first one apart: it pays for first-touch memory) and the
+    rest (start-up, data, checkpoint, saving, exit)."""
+    steady = step_seconds[1:]
+    return {
+        "wall_s": round(wall, 1), "steps_per_s": round(len(step_seconds) / wall, 3),
+        "first_step_s": round(step_seconds[0], 1), "step_median_s": round(statistics.median(steady), 2),
+        "step_mean_s": round(statistics.mean(steady), 2), "outside_steps_s": round(wall - sum(step_seconds), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--job-steps", type=int, default=125, help="steps of the end-to-end runs (0: skip them)")
+    parser.add_argument("--only-end-to-end", action="store_true")
     parser.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--st-fit", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--st-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_memory:
         print(step_memory(args.measure_memory, args.chunk or None))
+        return
+    if args.st_fit:
+        sentence_transformers_fit(args.st_fit, args.st_out, args.batch, args.job_steps, args.threads)
+        return
+    if args.only_end_to_end:
+        print(json.dumps({"end_to_end": end_to_end(args.batch, args.job_steps, args.threads)}, indent=2))
         return
 
     mb = 1 << 20
@@ -180,6 +297,7 @@ def main() -> None:
             "ours": round(ours, 3), "sentence_transformers_mnrl": round(theirs, 3),
             "ratio": round(ours / theirs, 2), "target_ratio": 1.0,
         },
+        **({"end_to_end": end_to_end(args.batch, args.job_steps, args.threads)} if args.job_steps else {}),
     }, indent=2))
 
 

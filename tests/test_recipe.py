@@ -1,8 +1,14 @@
 """The Nomic Embed recipe (jobs/recipes/nomic_embed_cpu.yaml) at tiny size on the session's Ray: every stage runs,
-the held-out NDCG@10 rises stage by stage, the fine-tuned model opens in sentence-transformers and transformers
-without raylib and gives our vectors, and a re-run trains nothing. A bad recipe fails before any stage, in one line."""
+a run killed in the fine-tuning stage resumes there from its last checkpoint, the held-out NDCG@10 rises stage by
+stage, the fine-tuned model opens in sentence-transformers and transformers without raylib and gives our vectors,
+and a re-run trains nothing. A bad recipe fails before any stage, in one line."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +21,7 @@ from raylib.data.sample_sets import docstring_set, docstring_training_rows
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_spec
 from raylib.recipe.config import RecipeConfig
+from raylib.recipe.record import read_record
 from raylib.recipe.run import run_recipe
 from raylib.train.record import published_step, record_published
 from tests.conftest import ROOT, run_without_raylib, write_jsonl
@@ -60,7 +67,7 @@ def tiny_recipe(tmp_path: Path) -> dict:
     stages["mine"].update(negatives=1, search_depth=100)
     stages["finetune"].update(hard_negatives=1, batch_size=32, scaling=one_worker,
                               optim={"lr": 5e-4, "warmup_steps": 2, "max_steps": 16})
-    stages["finetune"]["checkpoint"]["every_steps"] = 16
+    stages["finetune"]["checkpoint"]["every_steps"] = 8
     stages["eval"]["data"]["limit"] = 200
     for name in ("contrastive", "mine", "finetune", "eval"):
         for model in [stages[name].get("model")] + [entry["model"] for entry in stages[name].get("models", [])]:
@@ -74,17 +81,45 @@ def checkpoints(runs: Path) -> dict[str, list[str]]:
             for run in sorted(runs.iterdir())}
 
 
-def test_the_recipe_chains_every_stage_improves_on_held_out_data_and_a_rerun_trains_nothing(
+def kill_once_checkpointed(path: Path, run: Path, ray_address: str) -> None:
+    """Run the recipe as `python jobs/recipe.py` would, joined to the session's Ray; SIGKILL it as soon as Ray
+    Train has recorded a checkpoint of the training run in `run`."""
+    crashed = subprocess.Popen([sys.executable, "jobs/recipe.py", "--config", str(path)], cwd=ROOT,
+                               env={**os.environ, "RAY_ADDRESS": ray_address}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    snapshot, deadline = run / "checkpoint_manager_snapshot.json", time.time() + 600
+    while not checkpointed(snapshot):
+        assert crashed.poll() is None and time.time() < deadline, crashed.stdout.read()
+        time.sleep(0.1)
+    os.kill(crashed.pid, signal.SIGKILL)
+    crashed.wait()
+
+
+def checkpointed(snapshot: Path) -> bool:
+    """Ray Train's snapshot of a run's checkpoints names one (read whole: it may be mid-write)."""
+    try:
+        return json.loads(snapshot.read_text()).get("latest_checkpoint_result") is not None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def test_the_recipe_chains_resumes_a_killed_stage_improves_on_held_out_data_and_a_rerun_trains_nothing(
         ray_session, tmp_path, capsys):
     write_jsonl(tmp_path / "pairs" / "pairs.jsonl", BAD_ROWS + docstring_training_rows(limit=800, negatives=0))
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(tmp_path), sort_keys=False))
     output = tmp_path / "recipe"
 
+    kill_once_checkpointed(path, output / "runs" / "finetune", ray_session)  # a crash in the fine-tuning stage
+    assert [read_record(str(output), name)["done"] for name in ("mine", "finetune")] == [True, False]
+    killed_at = len((output / "runs" / "finetune" / "metrics.jsonl").read_text().splitlines())
     summary = run_recipe(load_config(path, RecipeConfig))
     rows = {row["stage"]: row for row in summary.rows}
     assert list(rows) == ["pairs", "mlm", "contrastive", "mine", "finetune", "eval"]
-    assert {row["run"] for row in rows.values()} == {"ran"}
+    assert [row["run"] for row in rows.values()] == ["skipped"] * 4 + ["ran"] * 2
+    resumed = [json.loads(line)["step"] for line in
+               (output / "runs" / "finetune" / "metrics.jsonl").read_text().splitlines()[killed_at:]]
+    assert resumed == list(range(9, 17)), resumed  # from the checkpoint at step 8, not from the start
     assert (rows["mlm"]["steps"], rows["contrastive"]["steps"], rows["finetune"]["steps"]) == (10, 24, 16)
     ndcg = {name: rows[name]["ndcg@10"] for name in ("mlm", "contrastive", "finetune")}
     assert ndcg["finetune"] > ndcg["mlm"] + 0.05 and ndcg["contrastive"] > ndcg["mlm"] + 0.05, ndcg
