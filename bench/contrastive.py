@@ -222,15 +222,19 @@ def sentence_transformers_fit(pairs: str, out: str, batch: int, steps: int, thre
     print(json.dumps(clock.seconds))
 
 
-def end_to_end(batch: int, steps: int, threads: int) -> dict:
-    """The job and sentence-transformers' trainer, command to exit, on the same pairs file."""
+def end_to_end(batch: int, steps: int, threads: int, pause: float = 20.0) -> dict:
+    """The job and sentence-transformers' trainer, command to exit, on the same pairs file. Each starts after the
+    same `pause`: on some virtual machines (this one) memory a process frees goes back to the host within seconds
+    and touching it again costs ~8 s/GiB, so a run started right after another one would inherit warm pages."""
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
         write_pairs(str(directory / "pairs"), negatives=0)
+        time.sleep(pause)
         ours_wall, _ = run_timed([sys.executable, "jobs/train_contrastive.py", "--config",
                                   str(job_yaml(directory, batch, steps, threads))])
         metrics = [json.loads(line) for line in (directory / "runs/ours/metrics.jsonl").read_text().splitlines()]
         ours_steps = [row["seconds"] for row in metrics]
+        time.sleep(pause)
         theirs_wall, output = run_timed([sys.executable, __file__, "--st-fit", str(directory / "pairs/pairs.jsonl"),
                                          "--st-out", str(directory / "st"), "--batch", str(batch),
                                          "--job-steps", str(steps), "--threads", str(threads)])
