@@ -7,8 +7,8 @@
 3. End to end, command to exit: the contrastive job (`jobs/train_contrastive.py`, embedded Ray, one worker with
    every thread, its model published) vs sentence-transformers' `SentenceTransformerTrainer` with
    MultipleNegativesRankingLoss (its model saved), same pairs file, batch, steps, learning rate and length, each
-   a process of its own; beside the wall time each one's steady-state step (median) and fixed seconds (wall
-   minus the steps).
+   a process of its own; beside the wall time each one's first step, steady-state step (median and mean) and
+   the seconds outside the steps (start-up, checkpoint, saving, exit). `--job-steps 0` skips this part.
 
 Prints one JSON object.
 
