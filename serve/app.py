@@ -1,9 +1,9 @@
 """The serving application: an OpenAI-compatible ingress (HTTP, request checks, tokenising) and the models.
 
-`serve run serve/config.yaml` builds it with `build_app(args)`. With one model the application is one deployment,
-named like the model: each replica answers HTTP and holds the model (serve/model.py), so a request crosses no
-replica boundary after Serve's HTTP proxy. With several models the ingress is `EmbeddingsAPI`, in front of one
-batched deployment per model (named like it), which it calls by handle. The YAML's `deployments:` section sets
+`serve run serve/config.yaml` builds it with `build_app(args)`. With `layout: single` (one model) the application is
+one deployment, named like the model: each replica answers HTTP and holds the model (serve/model.py), so a request
+crosses no replica boundary after HAProxy (or Serve's HTTP proxy). With `layout: split` the ingress is
+`EmbeddingsAPI`, in front of one batched deployment per model (named like it), which it calls by handle. The YAML's `deployments:` section sets
 replicas, resources and autoscaling per deployment.
 
 `encoding_format` int8/uint8 quantizes with calibration ranges per (model, dimensions): the per-dimension

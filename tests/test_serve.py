@@ -491,7 +491,8 @@ def test_http_goes_through_haproxy_straight_to_the_replicas(client, service):
     assert len(embed(client, input="through HAProxy")["data"]) == 1
 
 
-def test_big_bodies_from_64_clients_are_refused_without_being_buffered(client):
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_big_bodies_from_64_clients_are_refused_without_being_buffered(client, chunked):
     clients, body_bytes = 64, 8_000_000  # 512 MB in all, each body 160x the limit
     ingress = serve_processes("ray::ServeReplica:embeddings:EmbeddingsAPI")[0]
     ingress_before = ingress.memory_info().rss
@@ -509,8 +510,9 @@ def test_big_bodies_from_64_clients_are_refused_without_being_buffered(client):
 
     def post(_) -> int | str:
         body = b'{"input": "' + b"x" * body_bytes + b'"}'
+        content = (body[i : i + 2**16] for i in range(0, len(body), 2**16)) if chunked else body  # no length
         try:
-            return client.post("/v1/embeddings", content=body, headers={"Content-Type": "application/json"}).status_code
+            return client.post("/v1/embeddings", content=content, headers={"Content-Type": "application/json"}).status_code
         except httpx.TransportError as exc:  # the service answered 413 and closed before the whole body was sent
             return type(exc).__name__
 
@@ -524,8 +526,8 @@ def test_big_bodies_from_64_clients_are_refused_without_being_buffered(client):
         sampler.join()
     assert all(outcome == 413 or isinstance(outcome, str) for outcome in outcomes), outcomes
     assert outcomes.count(413) >= clients // 2, outcomes
-    # the ingress refuses a body by its declared length, before reading it: at most the limit plus a socket buffer
-    # of each body at once, never the bodies themselves
+    # the ingress refuses a body by its declared length before reading it, a chunked one once it passes the limit:
+    # at most the limit plus a socket buffer of each body at once, never the bodies themselves (~14 MB measured)
     assert (peak["ingress"] - ingress_before) / 2**20 < clients * (MAX_BODY_BYTES + 2**20) / 2**20, peak
     # HAProxy on the port passes each body on through a 16 KB buffer per connection (~13 MB resident when idle)
     assert 0 < peak["haproxy"] / 2**20 < 64, peak
