@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,9 +35,11 @@ from raylib.config import ConfigError, EmbedJobConfig, IndexConfig, JobError
 from raylib.data.sources import UnreadableInput, as_list, first_file_columns, read_rows
 from raylib.embed.store import OutputStore
 from raylib.embed.vectors import read_floats
-from raylib.models.embedder import Embedder
 from raylib.models.spec import ModelSpec, model_fingerprint, resolve_spec
 from raylib.storage import bucket_uri, redact
+
+if TYPE_CHECKING:
+    from raylib.models.embedder import Embedder
 
 RECORD_KEY = "raylib.index"
 VECTOR = "embedding"
@@ -250,6 +253,8 @@ class SearchIndex:
         if model_fingerprint(spec) != self.record["model_files"]:
             raise ConfigError(f"--index: the table's vectors were made with other files at model path "
                               f"{self.record['model']['path']}; run the embed job again to re-index")
+        from raylib.models.embedder import Embedder  # the model classes: only where a query is embedded
+
         return Embedder(spec)
 
     def search(self, queries: list[str], top: int, where: str | None = None) -> list[pa.Table]:

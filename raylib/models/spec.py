@@ -15,16 +15,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from raylib.config import BUNDLED_MODEL, ConfigError
-from raylib.models.encoder import read_encoder_config
 from raylib.storage import is_remote, local_copy, published_version, redact, remote_files, resolve
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
 ST_POOLING_MODES = {"mean": "mean", "cls": "cls", "last": "lasttoken"}  # our pooling name -> ST's
 LATENT_MODULE = "raylib.models.st_modules.LatentAttention"
+# config.json model types read by raylib.models.nomic_layouts (transformers' native one, and ours registered by
+# raylib.models.nomic_bert); only these import the model classes while a spec is resolved (jobs' drivers skip them)
+NOMIC_BERT_TYPES = ("nomic_bert", "raylib_nomic_bert")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,15 @@ def write_sentence_transformers_layout(directory: Path, spec: ModelSpec, latent_
     settings_file.write_text(json.dumps(settings, indent=2))
 
 
+def _read_model_config(directory: Path, config_json: dict, trust_remote_code: bool) -> PreTrainedConfig:
+    """The config the encoder will load with; the model classes are imported only for nomic-bert layouts."""
+    if config_json.get("model_type") in NOMIC_BERT_TYPES:
+        from raylib.models.encoder import read_encoder_config
+
+        return read_encoder_config(directory, trust_remote_code)
+    return AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code)
+
+
 def resolve_spec(path: str = BUNDLED_MODEL, *, pooling: str | None = None, include_prompt: bool | None = None,
                  normalize: bool | None = None, max_length: int | None = None, dimensions: int | None = None,
                  query_prefix: str | None = None, document_prefix: str | None = None,
@@ -188,14 +200,14 @@ def resolve_spec(path: str = BUNDLED_MODEL, *, pooling: str | None = None, inclu
     directory = resolve_model_path(source)
     declared = read_sentence_transformers_layout(directory)
     declared_config = _read_json(directory / "config.json") or {}
-    built_in = declared_config.get("model_type") in CONFIG_MAPPING  # transformers' and ours (raylib_nomic_bert)
+    built_in = declared_config.get("model_type") in (*CONFIG_MAPPING, *NOMIC_BERT_TYPES)
     if "auto_map" in declared_config and not built_in and not trust_remote_code:
         raise ConfigError(
             f"model.path: {path} runs its own Python code (auto_map in config.json); "
             "set model.trust_remote_code: true only if you trust it"
         )
     try:
-        model_config = read_encoder_config(directory, trust_remote_code)
+        model_config = _read_model_config(directory, declared_config, trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.path: {path} has no usable config.json ({exc}); give a model directory")
     hidden_size = int(model_config.hidden_size)
