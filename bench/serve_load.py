@@ -271,6 +271,7 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=os.cpu_count(), help="model replicas of 1 CPU each")
     args = parser.parse_args()
     os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if args.proxy == "haproxy" else "0"  # read as Ray starts
+    os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
     peer = infinity_python(args.infinity_python)
     documents = sample_documents(args.requests)
     texts = [documents[i % len(documents)]["text"] for i in range(args.requests)]

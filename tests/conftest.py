@@ -16,14 +16,17 @@ from moto.server import ThreadedMotoServer
 from raylib.data.sample_corpus import sample_documents
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_model_path, resolve_spec
+from raylib.runtime import free_port
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Object storage in tests is a local S3 server (test_object_storage.py) that takes any credentials; these
 # fake ones reach the Ray workers too, and keep any real account's keys away from the tests.
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
 os.environ["RAYLIB_CACHE_DIR"] = tempfile.mkdtemp(prefix="raylib-cache-")  # copies of remote models
-# Serve as serve/config.yaml says to: HAProxy (bundled by ray[serve]) takes HTTP straight to the replicas
+# Serve as serve/config.yaml says to: HAProxy (bundled by ray[serve]) takes HTTP straight to the replicas; its
+# statistics and metrics ports (fixed by default: 8404, 9101) free ones, beside any other HAProxy on this machine
 os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+os.environ.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port()), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port()))
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts: ray, serve
