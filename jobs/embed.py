@@ -4,9 +4,7 @@
     ray job submit --working-dir . -- python jobs/embed.py --config jobs/configs/embed.yaml
 """
 
-import sys
-
-from raylib.cli import run_job
+from raylib.cli import end_process, run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("embed"))
+    end_process(run_job("embed"))

@@ -4,9 +4,7 @@
     ray job submit --working-dir . -- python jobs/eval.py --config jobs/configs/eval.yaml
 """
 
-import sys
-
-from raylib.cli import run_job
+from raylib.cli import end_process, run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("eval"))
+    end_process(run_job("eval"))

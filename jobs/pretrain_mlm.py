@@ -4,9 +4,7 @@
     ray job submit --working-dir . -- python jobs/pretrain_mlm.py --config jobs/configs/pretrain_mlm_2048.yaml
 """
 
-import sys
-
-from raylib.cli import run_job
+from raylib.cli import end_process, run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("pretrain"))
+    end_process(run_job("pretrain"))

@@ -5,9 +5,7 @@ finished stages are skipped, a failed one resumes; ends with a table and a chart
     ray job submit --working-dir . -- python jobs/recipe.py --config jobs/recipes/nomic_embed_gpu.yaml
 """
 
-import sys
-
-from raylib.cli import run_job
+from raylib.cli import end_process, run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("recipe"))
+    end_process(run_job("recipe"))

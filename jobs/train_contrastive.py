@@ -4,9 +4,7 @@
     ray job submit --working-dir . -- python jobs/train_contrastive.py --config jobs/configs/<config>.yaml
 """
 
-import sys
-
-from raylib.cli import run_job
+from raylib.cli import end_process, run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("train"))
+    end_process(run_job("train"))

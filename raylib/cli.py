@@ -6,7 +6,7 @@
     raylib search --index out/index --query "..."     # the nearest documents in the table the embed job indexed
 
 jobs/<job>.py call `run_job`, the CLI calls `launch`; both end in `raylib.config.job_main` (one-line errors,
-exit 2 on a bad config). Config key comments are read from raylib/config.py's source, where they stay beside
+exit 2 on a bad config), and their processes in `end_process`. Config key comments are read from raylib/config.py's source, where they stay beside
 the fields they describe."""
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import importlib
 import inspect
 import io
 import json
+import logging
+import os
 import sys
 import textwrap
 import tokenize
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, NoReturn, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -180,6 +182,19 @@ def run_job(name: str, argv: list[str] | None = None) -> int:
     return launch(name, args.config, args.verbose)
 
 
+def end_process(code: int) -> NoReturn:
+    """Exit a job's process with `code` now: Ray stopped (the one this process started, or its connection),
+    logs and streams flushed, then os._exit, skipping the interpreter's teardown of torch's, transformers' and
+    Ray's modules, which writes nothing (~1 s per job on a 2-core machine)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def starter(name: str) -> str:
     """The commented starter config of job `name`: its shipped example."""
     return f"# raylib {name} --config FILE; `raylib {name} --help` lists every key\n" + \
@@ -255,3 +270,8 @@ def main(argv: list[str] | None = None) -> int:
               "jobs/configs/", file=sys.stderr)
         return 2
     return 0
+
+
+def entrypoint() -> NoReturn:
+    """The `raylib` console script."""
+    end_process(main())

@@ -45,6 +45,21 @@ def test_embed_runs_end_to_end_on_ray(ray_session, tmp_path, documents):
     assert "Connect" in verbose.stderr and "log: " not in verbose.stderr  # Ray's own lines, here
 
 
+def test_embed_starts_its_own_ray_without_the_dashboard_and_exits(tmp_path, documents):
+    write_jsonl(tmp_path / "in" / "docs.jsonl", documents[:10])
+    config = {"input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
+              "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1}}
+    (tmp_path / "embed.yaml").write_text(yaml.safe_dump(config))
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAYLIB_DASHBOARD")}
+    done = subprocess.run([str(BIN / "raylib"), "embed", "--config", str(tmp_path / "embed.yaml")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rows=10 errors=0" in done.stdout.strip().splitlines()[-1]
+    log = Path(done.stderr.strip().splitlines()[-1].split()[1]).read_text()
+    assert "Started a local Ray instance" in log and "View the dashboard" not in log  # RAYLIB_DASHBOARD=1 adds it
+
+
 def test_job_help_lists_nested_keys_with_type_default_and_comment():
     done = raylib("embed", "--help")
     assert done.returncode == 0

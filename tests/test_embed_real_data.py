@@ -24,7 +24,9 @@ from raylib.data import sources
 from raylib.data.pairs import read_pairs_piece
 from raylib.data.sources import UnreadableInput, list_input_files, plan_input, plan_pieces, read_piece, read_pieces
 from raylib.data.tokens import text_tokens
+from raylib.embed import unique
 from raylib.embed.run import run_embed
+from raylib.embed.store import OutputStore
 from raylib.models.embedder import Embedder
 from raylib.models.spec import resolve_spec
 from raylib.models.tokenizer import PromptTokenizer
@@ -337,6 +339,20 @@ def test_duplicate_ids_are_kept_once_first_by_input_order(ray_session, tmp_path,
     (tmp_path / "in" / "a.jsonl").unlink()  # the first holders go away: b's rows of those ids come back
     run_embed(config)
     assert sorted(output_ids(tmp_path / "out")) == sorted(f"id{i}" for i in range(5, 15))
+
+
+def test_duplicate_ids_are_found_alike_in_the_driver_and_in_ray_tasks(ray_session, tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    pieces = {f"p{index}": ids for index, ids in enumerate([["a", "b"], ["c", "g"], ["b", "d"], ["g", "e"], ["e", "a"]])}
+    for key, ids in pieces.items():
+        store.commit_piece(key, pa.table({"id": ids}), [], {"rows": len(ids)})
+    keys = list(pieces)
+    in_driver = np.sort(unique._candidate_orders(store, "id", keys, 10, cpus=0.5))
+    monkeypatch.setattr(unique, "PIECES_PER_TASK", 2)  # three map tasks and a reducing one
+    in_tasks = np.sort(unique._candidate_orders(store, "id", keys, 10, cpus=0.5))
+    repeated = {(0, 0), (4, 1), (0, 1), (2, 0), (1, 1), (3, 0), (3, 1), (4, 0)}  # (piece rank, row) of a, b, g, e
+    assert {(int(order >> 32), int(order & 0xFFFFFFFF)) for order in in_driver} == repeated
+    assert in_tasks.tolist() == in_driver.tolist()
 
 
 def test_a_second_run_on_the_same_output_is_refused_until_the_first_dies(ray_session, tmp_path, tiny_model):

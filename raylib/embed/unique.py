@@ -1,6 +1,6 @@
 """Each id once in the output. After the pieces are committed, a map-reduce over their ids finds the ids written
 more than once: Ray tasks hash the ids of a few pieces each and split the hashes into partitions, one task per
-partition names the rows whose hash it saw twice. The driver reads only those rows' ids, keeps the first row of
+partition names the rows whose hash it saw twice (a job of a few pieces does both in the driver). The driver reads only those rows' ids, keeps the first row of
 each id by input order (the plan's piece order, then row) and removes the later ones from their pieces, listed
 in _errors/<key>.duplicates.jsonl. A marker holds the committed pieces last checked: a run that committed
 nothing checks nothing."""
@@ -54,8 +54,10 @@ def _repeated(*parts: np.ndarray) -> np.ndarray:
 
 def _candidate_orders(store: OutputStore, id_column: str, keys: list[str], rows_bound: int, cpus: float) -> np.ndarray:
     partitions = max(1, -(-rows_bound // ROWS_PER_PARTITION))
-    hash_task = ray.remote(_hash_pieces).options(num_cpus=cpus, num_returns=partitions)
     ranked = list(enumerate(keys))
+    if partitions == 1 and len(keys) <= PIECES_PER_TASK:  # one map task then one reduce task: no parallelism to gain
+        return _repeated(_hash_pieces(store.uri, id_column, ranked, 1))
+    hash_task = ray.remote(_hash_pieces).options(num_cpus=cpus, num_returns=partitions)
     mapped = [hash_task.remote(store.uri, id_column, ranked[start:start + PIECES_PER_TASK], partitions)
               for start in range(0, len(ranked), PIECES_PER_TASK)]
     mapped = [refs if partitions > 1 else [refs] for refs in mapped]
