@@ -12,6 +12,10 @@ Figures:
                  machine CPU-seconds per piece (all processes: on a quiet machine, the job's)
   small_files    --files jsonl files of 2 rows: planning seconds (plan_input in this process), the job's wall
                  seconds, a re-run with every piece done (planning included), pieces
+  resume_pieces  the same files as one piece each (group_small_files off): the job run on the first file alone
+                 (it claims the output), every other file's piece then committed here as the job commits it (a
+                 first run of 10,000 pieces would take ~1,000 s), the job run twice more: the first of those
+                 checks the new pieces' ids for duplicates, the second has nothing at all to do (the figure)
   manifest       listing a manifest of 10,000 finished pieces (what a resume reads of the output)
   actor_share    the model actor's call on a tokenised piece of the sample corpus with the bundled model, in this
                  process: the share of its time that is not the model's forward passes (arrow in and out, batching,
@@ -93,9 +97,9 @@ def run_embed_job(config: Path, env: dict) -> dict:
             "job_seconds": float(figures["seconds"]), "embed_seconds": float(figures["embed_seconds"])}
 
 
-def write_config(path: Path, source: Path, output: Path, model: Path) -> Path:
+def write_config(path: Path, source: Path, output: Path, model: Path, group_small_files: bool = True) -> Path:
     path.write_text(json.dumps({
-        "input": {"path": str(source), "rows_per_piece": ROWS_PER_PIECE},
+        "input": {"path": str(source), "rows_per_piece": ROWS_PER_PIECE, "group_small_files": group_small_files},
         "model": {"path": str(model)},
         "output": {"path": str(output)},
         "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1},
@@ -112,6 +116,32 @@ def manifest_listing(scratch: Path, pieces: int = 10_000) -> dict:
     started = time.perf_counter()
     found = OutputStore(str(manifest.parent)).finished()
     return {"pieces": len(found), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def resume_pieces(scratch: Path, files: Path, model: Path, env: dict) -> dict:
+    """A resume of an output holding one finished piece per file of `files` (see the module's docstring)."""
+    source = scratch / "one-piece-per-file"
+    source.mkdir()
+    names = sorted(path.name for path in files.iterdir())
+    (source / names[0]).write_bytes((files / names[0]).read_bytes())
+    config_path = write_config(scratch / "resume.json", source, scratch / "out-resume", model, group_small_files=False)
+    first = run_embed_job(config_path, env)
+    for name in names[1:]:
+        (source / name).write_bytes((files / name).read_bytes())
+    config = InputConfig(path=str(source), rows_per_piece=ROWS_PER_PIECE, group_small_files=False)
+    store = OutputStore(str(scratch / "out-resume"))
+    done = store.finished()
+    started = time.perf_counter()
+    for piece in plan_input(*list_input_files(config), config).pieces:
+        if piece.key not in done:
+            ids = [json.loads(line)["id"] for line in Path(piece.spans[0].uri).read_text().splitlines()]
+            vectors = pa.table({"id": ids, "embedding": pa.array([[0.0] * 32] * len(ids), pa.list_(pa.float32(), 32))})
+            store.commit_piece(piece.key, vectors, [], {"rows": len(ids), "errors": 0, "tokens": 0})
+    committing = time.perf_counter() - started
+    checking, nothing_to_do = run_embed_job(config_path, env), run_embed_job(config_path, env)
+    return {"pieces": nothing_to_do["pieces"], "first_run_one_file_s": first["wall_s"],
+            "committing_the_rest_here_s": round(committing, 1), "resume_checking_duplicates": checking,
+            "resume_nothing_to_do": nothing_to_do}
 
 
 def actor_share(rows: int, repeats: int = 3) -> dict:
@@ -190,6 +220,7 @@ def main() -> None:
         small["first_run"]["after_startup_s"] = round(small["first_run"]["wall_s"] - base, 2)
         small["resume_nothing_to_do"] = run_embed_job(job_config, env)
         report["small_files"] = small
+        report["resume_pieces"] = resume_pieces(scratch, source, model, env)
         report["manifest_10000_pieces"] = manifest_listing(scratch)
         ray.shutdown()
     report["actor_share"] = actor_share(args.actor_rows)

@@ -189,7 +189,8 @@ def run_embed(config: EmbedJobConfig) -> EmbedSummary:
             totals = _embed(todo, config, tokenizer, ranges, spec.dimensions, _made_with(settings))
         embed_seconds = time.perf_counter() - embedding
         lease.check()
-        committed = [piece.key for piece in plan.pieces if piece.key in store.finished()]
+        finished = store.finished()  # now, with this run's pieces
+        committed = [piece.key for piece in plan.pieces if piece.key in finished]
         duplicates = remove_duplicates(store, config.input.id_column, committed,
                                        len(committed) * min(max_rows, config.input.rows_per_piece),
                                        config.compute.writer_cpus)
