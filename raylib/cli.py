@@ -6,8 +6,8 @@
     raylib search --index out/index --query "..."     # the nearest documents in the table the embed job indexed
 
 jobs/<job>.py call `run_job`, the CLI calls `launch`; both end in `raylib.config.job_main` (one-line errors,
-exit 2 on a bad config), and their processes in `end_process`. Config key comments are read from raylib/config.py's source, where they stay beside
-the fields they describe."""
+exit 2 on a bad config), and their processes in `end_process`. Config key comments are read from
+raylib/config.py's source, where they stay beside the fields they describe."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Each id once in the output. After the pieces are committed, a map-reduce over their ids finds the ids written
 more than once: Ray tasks hash the ids of a few pieces each and split the hashes into partitions, one task per
-partition names the rows whose hash it saw twice (a job of a few pieces does both in the driver). The driver reads only those rows' ids, keeps the first row of
-each id by input order (the plan's piece order, then row) and removes the later ones from their pieces, listed
-in _errors/<key>.duplicates.jsonl. A marker holds the committed pieces last checked: a run that committed
-nothing checks nothing."""
+partition names the rows whose hash it saw twice (a job of at most one task's pieces does both in the driver).
+The driver reads only those rows' ids, keeps the first row of each id by input order (the plan's piece order,
+then row) and removes the later ones from their pieces, listed in _errors/<key>.duplicates.jsonl. A marker holds
+the committed pieces last checked: a run that committed nothing checks nothing."""
 
 from __future__ import annotations
 
