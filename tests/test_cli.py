@@ -1,5 +1,5 @@
-"""The `raylib` console script: a job end to end on the session's Ray, config keys in --help, starter configs,
-one-line errors."""
+"""The `raylib` console script: a job end to end on its own Ray and on the session's, config keys in --help,
+starter configs, one-line errors."""
 
 import os
 import subprocess
@@ -19,12 +19,14 @@ def raylib(*args, env=None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
-def test_embed_runs_end_to_end_on_ray(ray_session, tmp_path, documents):
+def test_embed_runs_end_to_end_on_its_own_ray_then_joining_one(ray_session, tmp_path, documents):
     write_jsonl(tmp_path / "in" / "docs.jsonl", documents[:20])
     config = {"input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
               "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1}}
     (tmp_path / "embed.yaml").write_text(yaml.safe_dump(config))
-    done = raylib("embed", "--config", str(tmp_path / "embed.yaml"), env={"RAY_ADDRESS": ray_session})
+    embedded = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAYLIB_DASHBOARD")}
+    done = subprocess.run([str(BIN / "raylib"), "embed", "--config", str(tmp_path / "embed.yaml")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=embedded)
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rows=20 errors=0" in done.stdout.strip().splitlines()[-1]
@@ -37,27 +39,14 @@ def test_embed_runs_end_to_end_on_ray(ray_session, tmp_path, documents):
     assert all(line.startswith("embedding: ") for line in progress), done.stderr
     log = Path(named.split()[1])
     assert named.startswith("log: ") and log.name.startswith("raylib-embed-"), done.stderr
-    assert "core_worker.cc" in log.read_text()  # the driver's native stderr, caught too
+    text = log.read_text()
+    assert "core_worker.cc" in text  # the driver's native stderr, caught too
+    assert "Started a local Ray instance" in text and "View the dashboard" not in text  # RAYLIB_DASHBOARD=1 adds it
     log.unlink()
 
     verbose = raylib("embed", "--config", str(tmp_path / "embed.yaml"), "--verbose", env={"RAY_ADDRESS": ray_session})
     assert verbose.returncode == 0 and "skipped=1" in verbose.stdout, verbose.stderr[-3000:]
     assert "Connect" in verbose.stderr and "log: " not in verbose.stderr  # Ray's own lines, here
-
-
-def test_embed_starts_its_own_ray_without_the_dashboard_and_exits(tmp_path, documents):
-    write_jsonl(tmp_path / "in" / "docs.jsonl", documents[:10])
-    config = {"input": {"path": str(tmp_path / "in")}, "output": {"path": str(tmp_path / "out")},
-              "compute": {"actors": 1, "cpus_per_actor": 1, "threads_per_actor": 1}}
-    (tmp_path / "embed.yaml").write_text(yaml.safe_dump(config))
-    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAYLIB_DASHBOARD")}
-    done = subprocess.run([str(BIN / "raylib"), "embed", "--config", str(tmp_path / "embed.yaml")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=env)
-
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "rows=10 errors=0" in done.stdout.strip().splitlines()[-1]
-    log = Path(done.stderr.strip().splitlines()[-1].split()[1]).read_text()
-    assert "Started a local Ray instance" in log and "View the dashboard" not in log  # RAYLIB_DASHBOARD=1 adds it
 
 
 def test_job_help_lists_nested_keys_with_type_default_and_comment():
